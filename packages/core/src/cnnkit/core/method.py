@@ -22,7 +22,8 @@ configuration keyword-only: ``MyMethod(config=MyMethod.Config(p=0.2))`` or ``MyM
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -52,6 +53,8 @@ class Method:
         Config: the pydantic config class; its defaults are the paper's.
         conflicts: names of methods, or ``"kind:<kind>"``, this method cannot be stacked with.
         allow_multiple: whether one stack may hold this method twice (e.g. at different sites).
+        export_preserves_output: see below.
+        contract_config: see below.
     """
 
     name: ClassVar[str] = ""
@@ -59,6 +62,11 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     conflicts: ClassVar[frozenset[str]] = frozenset()
     allow_multiple: ClassVar[bool] = False
+    export_preserves_output: ClassVar[bool] = True
+    """Whether ``export(model)`` computes the same eval-mode function as ``model`` (checked by the
+    contract tests); ``False`` for methods whose export changes the function on purpose."""
+    contract_config: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """Config overrides used by :mod:`cnnkit.core.testing`'s contract checks on tiny models."""
 
     def __init__(self, *, config: MethodConfig | None = None, **overrides: Any) -> None:
         if config is None:
