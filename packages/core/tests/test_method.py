@@ -106,7 +106,9 @@ def test_config_defaults_and_keyword_construction() -> None:
     assert Recorder().config.weight == 0.0
     assert Recorder(weight=0.5).config.weight == 0.5
     assert Recorder(config=Recorder.Config(tag="b")).config.tag == "b"
-    assert Recorder(config=Recorder.Config(tag="b"), weight=0.3).config == Recorder.Config(tag="b", weight=0.3)
+    assert Recorder(config=Recorder.Config(tag="b"), weight=0.3).config == Recorder.Config(
+        tag="b", weight=0.3
+    )
 
 
 def test_bad_value_names_the_field_and_the_allowed_range() -> None:
@@ -213,8 +215,14 @@ def test_runner_drives_events_in_order_and_counts() -> None:
     runner.end_epoch()
     assert EVENTS == [
         "a:apply",
-        "a:before_step@0", "a:extra_loss", "a:after_backward", "a:after_step@0",
-        "a:before_step@1", "a:extra_loss", "a:after_backward", "a:after_step@1",
+        "a:before_step@0",
+        "a:extra_loss",
+        "a:after_backward",
+        "a:after_step@0",
+        "a:before_step@1",
+        "a:extra_loss",
+        "a:after_backward",
+        "a:after_step@1",
         "a:after_epoch@0",
     ]
     assert runner.ctx.step == 2 and runner.ctx.epoch == 1
@@ -256,5 +264,7 @@ def test_context_validates_and_defaults() -> None:
     with pytest.raises(ValueError, match=r"Context\.batches is None"):
         ctx.scoring_batches()
     seeded = Context(example_input=x, seed=3)
-    assert torch.equal(torch.randn(2, generator=seeded.generator(offset=1)),
-                       torch.randn(2, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        torch.randn(2, generator=seeded.generator(offset=1)),
+        torch.randn(2, generator=torch.Generator().manual_seed(4)),
+    )

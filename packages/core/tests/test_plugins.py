@@ -45,8 +45,9 @@ def cnnkit_register_methods(registry):
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=False
+    )
 
 
 def test_importing_cnnkit_core_loads_no_plugin_and_no_torch() -> None:
@@ -143,7 +144,9 @@ def test_autoload_can_be_disabled_and_plugins_registered_by_hand(monkeypatch: py
     assert "local plugin" in registries.methods.source("local")
 
 
-def test_duplicate_across_plugins_skips_the_second_and_names_both(fake_distribution: Callable[..., str]) -> None:
+def test_duplicate_across_plugins_skips_the_second_and_names_both(
+    fake_distribution: Callable[..., str],
+) -> None:
     fake_distribution("a-dist", "a_plugin_mod", GOOD_PLUGIN)
     fake_distribution("b-dist", "b_plugin_mod", GOOD_PLUGIN)
     with pytest.warns(PluginWarning) as record:

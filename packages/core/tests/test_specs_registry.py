@@ -69,7 +69,11 @@ def test_load_errors_name_the_target() -> None:
 
 
 def test_other_specs_validate_their_fields() -> None:
-    assert ModelSpec(name="lenet", target="a:b", input_shape=(1, 28, 28), num_classes=10).input_shape == (1, 28, 28)
+    assert ModelSpec(name="lenet", target="a:b", input_shape=(1, 28, 28), num_classes=10).input_shape == (
+        1,
+        28,
+        28,
+    )
     with pytest.raises(ValidationError, match="input_shape"):
         ModelSpec(name="lenet", target="a:b", input_shape=(28, 28))
     with pytest.raises(ValidationError, match="num_classes"):

@@ -128,8 +128,9 @@ def test_seeded_batch_and_context_are_reproducible() -> None:
     assert len(ctx.scoring_batches()) == 2 and ctx.seed == 2
 
 
-def test_fixtures_are_available(cnnkit_tiny_model: nn.Module, cnnkit_batch: tuple[torch.Tensor, torch.Tensor],
-                                cnnkit_context: Context) -> None:
+def test_fixtures_are_available(
+    cnnkit_tiny_model: nn.Module, cnnkit_batch: tuple[torch.Tensor, torch.Tensor], cnnkit_context: Context
+) -> None:
     out = cnnkit_tiny_model(cnnkit_batch[0])
     assert out.shape == (8, 10)
     assert cnnkit_context.example_input.shape == (8, 3, 16, 16)

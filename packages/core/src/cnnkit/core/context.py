@@ -57,7 +57,9 @@ class Context:
 
     def __post_init__(self) -> None:
         if not isinstance(self.example_input, torch.Tensor):
-            raise TypeError(f"Context.example_input must be a torch.Tensor, got {type(self.example_input).__name__}")
+            raise TypeError(
+                f"Context.example_input must be a torch.Tensor, got {type(self.example_input).__name__}"
+            )
         if self.device is None:
             self.device = self.example_input.device
         for name in ("step", "epoch"):

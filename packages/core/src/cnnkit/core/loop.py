@@ -73,14 +73,16 @@ class MethodRunner:
         """One full step: events, forward, loss, backward, optimizer step. Returns the (detached) loss."""
         optimizer = self.ctx.optimizer
         if optimizer is None:
-            raise RuntimeError("MethodRunner.train_step needs an optimizer: call set_optimizer(optimizer) first")
+            raise RuntimeError(
+                "MethodRunner.train_step needs an optimizer: call set_optimizer(optimizer) first"
+            )
         model.train()
         self.before_step(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss(model, model(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.ctx.step}; stopping")
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.after_backward()
         optimizer.step()
         self.after_step()

@@ -261,7 +261,9 @@ def build_param_groups(
             params = list(group["params"])
             for p in params:
                 if id(p) in claimed:
-                    raise ValueError(f"a parameter is claimed by two param groups ({claimed[id(p)]}, {method.name})")
+                    raise ValueError(
+                        f"a parameter is claimed by two param groups ({claimed[id(p)]}, {method.name})"
+                    )
                 claimed[id(p)] = method.name
             special.append({**group, "params": params})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]

@@ -102,7 +102,9 @@ class Registries:
         """
         info = info or _info_for_object(plugin)
         if info.name in self.plugins:
-            raise PluginError(f"plugin {info.name!r} is already registered ({self.plugins[info.name].describe()})")
+            raise PluginError(
+                f"plugin {info.name!r} is already registered ({self.plugins[info.name].describe()})"
+            )
         snapshot = [(registry, set(registry.names())) for _, registry in self._hooks()]
         try:
             self.manager.register(plugin, name=info.name)

@@ -53,7 +53,9 @@ def load_target(target: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SpecLoadError(f"module {module_name!r} has no attribute {attr_path!r} (target {target!r})") from None
+            raise SpecLoadError(
+                f"module {module_name!r} has no attribute {attr_path!r} (target {target!r})"
+            ) from None
     _loaded[target] = obj
     return obj
 

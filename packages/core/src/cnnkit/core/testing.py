@@ -37,8 +37,8 @@ __all__ = [
     "TinyResNet",
     "TinyVGG",
     "check_method_contract",
-    "method_factory",
     "make_context",
+    "method_factory",
     "registered_method_names",
     "seeded_batch",
 ]
@@ -79,7 +79,8 @@ class TinyResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return logits
 
 
 class TinyVGG(nn.Module):
@@ -93,10 +94,13 @@ class TinyVGG(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin * 2 * 2, 32), nn.ReLU(), nn.Linear(32, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(cin * 2 * 2, 32), nn.ReLU(), nn.Linear(32, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 TINY_MODELS: dict[str, Callable[..., nn.Module]] = {"tiny_resnet": TinyResNet, "tiny_vgg": TinyVGG}
@@ -136,7 +140,7 @@ def registered_method_names(distribution: str | None = None, kind: str | None = 
 
 
 def method_factory(name: str, **overrides: Any) -> Callable[[], Method]:
-    """A factory building registered method ``name`` with its class's ``contract_config`` plus ``overrides``."""
+    """A factory for registered method ``name`` with its class's ``contract_config`` and ``overrides``."""
     from cnnkit.core.method import create_method
     from cnnkit.core.plugins import get_registries
 
@@ -175,11 +179,13 @@ def _train(method: Method, model: nn.Module, steps: int, seed: int) -> tuple[nn.
 def _eval_output(model: nn.Module) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return model(seeded_batch(seed=999)[0])
+        out: torch.Tensor = model(seeded_batch(seed=999)[0])
+    return out
 
 
-def check_apply_train_export(make_method: Callable[[], Method], make_model: Callable[..., nn.Module],
-                             steps: int = 2, seed: int = 0) -> None:
+def check_apply_train_export(
+    make_method: Callable[[], Method], make_model: Callable[..., nn.Module], steps: int = 2, seed: int = 0
+) -> None:
     """apply → forward/backward/step (``steps`` times) → export; outputs finite; gradients reach weights."""
     model, _ = _train(make_method(), _seeded_model(make_model, seed), steps, seed)
     method = make_method()
@@ -187,7 +193,7 @@ def check_apply_train_export(make_method: Callable[[], Method], make_model: Call
     x, y = seeded_batch(seed=seed)
     model2.train()
     loss = nn.functional.cross_entropy(model2(x), y) + method.extra_loss(model2, make_context(seed=seed))
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     grads = [p.grad for p in model2.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "no parameter received a gradient"
     for g in grads:
@@ -198,7 +204,9 @@ def check_apply_train_export(make_method: Callable[[], Method], make_model: Call
     exported = method_export(make_method, model)
     out = _eval_output(exported)
     _assert_finite("exported model output", out)
-    assert out.shape == trained.shape, f"export changed the output shape {tuple(trained.shape)} → {tuple(out.shape)}"
+    assert out.shape == trained.shape, (
+        f"export changed the output shape {tuple(trained.shape)} → {tuple(out.shape)}"
+    )
 
 
 def method_export(make_method: Callable[[], Method], model: nn.Module) -> nn.Module:
@@ -206,8 +214,9 @@ def method_export(make_method: Callable[[], Method], model: nn.Module) -> nn.Mod
     return make_method().export(copy.deepcopy(model))
 
 
-def check_export_preserves_output(make_method: Callable[[], Method], make_model: Callable[..., nn.Module],
-                                  steps: int = 2, seed: int = 0) -> None:
+def check_export_preserves_output(
+    make_method: Callable[[], Method], make_model: Callable[..., nn.Module], steps: int = 2, seed: int = 0
+) -> None:
     """``export`` computes the same eval-mode function (unless the method says otherwise)."""
     method = make_method()
     if not type(method).export_preserves_output:
@@ -215,30 +224,40 @@ def check_export_preserves_output(make_method: Callable[[], Method], make_model:
     model, runner = _train(method, _seeded_model(make_model, seed), steps, seed)
     before = _eval_output(model)
     after = _eval_output(runner.method.export(copy.deepcopy(model)))
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5, msg="export changed the model's eval output")
+    torch.testing.assert_close(
+        after, before, rtol=1e-4, atol=1e-5, msg="export changed the model's eval output"
+    )
 
 
-def check_state_dict_roundtrip(make_method: Callable[[], Method], make_model: Callable[..., nn.Module],
-                               steps: int = 2, seed: int = 0) -> None:
+def check_state_dict_roundtrip(
+    make_method: Callable[[], Method], make_model: Callable[..., nn.Module], steps: int = 2, seed: int = 0
+) -> None:
     """A trained model's ``state_dict`` loads (strict) into a fresh model the method was applied to, and
     the two compute the same eval output."""
     model, _ = _train(make_method(), _seeded_model(make_model, seed), steps, seed)
     fresh = make_method().apply(_seeded_model(make_model, seed + 1), make_context(seed=seed))
     fresh.load_state_dict(copy.deepcopy(model.state_dict()), strict=True)
-    torch.testing.assert_close(_eval_output(fresh), _eval_output(model), rtol=1e-5, atol=1e-6,
-                               msg="state_dict round trip changed the eval output")
+    torch.testing.assert_close(
+        _eval_output(fresh),
+        _eval_output(model),
+        rtol=1e-5,
+        atol=1e-6,
+        msg="state_dict round trip changed the eval output",
+    )
 
 
-def check_determinism(make_method: Callable[[], Method], make_model: Callable[..., nn.Module],
-                      steps: int = 2, seed: int = 0) -> None:
+def check_determinism(
+    make_method: Callable[[], Method], make_model: Callable[..., nn.Module], steps: int = 2, seed: int = 0
+) -> None:
     """Two runs under the same seed give bitwise identical eval outputs."""
     first, _ = _train(make_method(), _seeded_model(make_model, seed), steps, seed)
     second, _ = _train(make_method(), _seeded_model(make_model, seed), steps, seed)
     assert torch.equal(_eval_output(first), _eval_output(second)), "two runs with the same seed differ"
 
 
-def check_stats(make_method: Callable[[], Method], make_model: Callable[..., nn.Module],
-                steps: int = 1, seed: int = 0) -> None:
+def check_stats(
+    make_method: Callable[[], Method], make_model: Callable[..., nn.Module], steps: int = 1, seed: int = 0
+) -> None:
     """``stats`` returns a dict of finite floats keyed by strings."""
     method = make_method()
     model, _ = _train(method, _seeded_model(make_model, seed), steps, seed)
@@ -246,7 +265,9 @@ def check_stats(make_method: Callable[[], Method], make_model: Callable[..., nn.
     assert isinstance(stats, dict), f"stats() must return a dict, got {type(stats).__name__}"
     for key, value in stats.items():
         assert isinstance(key, str), f"stats key {key!r} is not a string"
-        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"stats[{key!r}] is not a number"
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (
+            f"stats[{key!r}] is not a number"
+        )
         assert torch.isfinite(torch.tensor(float(value))), f"stats[{key!r}] = {value} is not finite"
 
 

@@ -1,0 +1,1 @@
+"""noisy_features: an example third-party cnnkit plugin (see README.md)."""
