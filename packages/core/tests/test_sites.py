@@ -392,7 +392,7 @@ def test_declared_stages_take_precedence_and_are_relative_to_the_declaring_modul
     assert stage_names(wrapped)[0] == ["module.stem"]
 
 
-@pytest.mark.parametrize("declared", ["stem", [], ["stem", 3], ["nope"], [["stem", "body.9"]]])
+@pytest.mark.parametrize("declared", ["stem", ["stem", 3], ["nope"], [["stem", "body.9"]]])
 def test_bad_declared_stages(declared: object) -> None:
     model = Declared()
     model.cnnkit_stages = declared  # type: ignore[assignment]
@@ -561,3 +561,12 @@ def test_iter_named_modules_mirrors_named_modules_through_wrappers(cifar_resnet:
     for site in find_sites(cifar_resnet, kind="bn") + find_sites(cifar_resnet, stages=[2], kind="stage"):
         insert_at(cifar_resnet, site, Marker())
     assert [(name, id(m)) for name, m in iter_named_modules(cifar_resnet)] == expected
+
+
+def test_a_model_declaring_no_stages_has_no_sites_and_says_so() -> None:
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    mlp.cnnkit_stages = ()  # type: ignore[assignment]
+    assert stage_names(mlp) == []
+    assert find_sites(mlp) == []
+    with pytest.raises(ValueError, match="declares no stages"):
+        find_sites(mlp, stages=[1])

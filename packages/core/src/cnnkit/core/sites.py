@@ -292,8 +292,10 @@ def stage_names(model: nn.Module, example_input: torch.Tensor | None = None) -> 
 
 def _declared_stages(model: nn.Module, prefix: str, owner: nn.Module, declared: object) -> list[list[str]]:
     where = f"{type(owner).__name__}.cnnkit_stages"
-    if isinstance(declared, str) or not isinstance(declared, Sequence) or not declared:
-        raise ValueError(f"{where} must be a non-empty sequence of submodule names, got {declared!r}")
+    if isinstance(declared, str) or not isinstance(declared, Sequence):
+        raise ValueError(f"{where} must be a sequence of submodule names, got {declared!r}")
+    if not declared:
+        return []  # the model declares that it has no stages (e.g. an MLP)
     stages: list[list[str]] = []
     for item in declared:
         names = [item] if isinstance(item, str) else item
@@ -400,6 +402,9 @@ def _select_stages(stages: Sequence[int] | int | None, n: int) -> list[int]:
     if stages is None:
         return list(range(1, n + 1))
     requested = [stages] if isinstance(stages, int) else list(stages)
+    if n == 0:
+        raise ValueError(f"stages={requested!r}: this model declares no stages (cnnkit_stages is empty), "
+                         "so methods placed at stages cannot act on it")
     for s in requested:
         if not isinstance(s, int) or isinstance(s, bool):
             raise TypeError(f"stages must be integers, got {s!r} in stages={requested!r}")
