@@ -116,6 +116,19 @@ class Method:
         """Facts about the method's effect on ``model`` (sparsity, trained parameters, ...)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own training state that is not in the model (round counters, schedules, ...).
+
+        Saved in checkpoints so that a resumed run continues exactly; must hold only tensors and plain
+        Python values (it is loaded with ``torch.load(weights_only=True)``).
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but was given keys {sorted(state)}")
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimizer parameter groups with special settings (e.g. ``{"params": [...], "weight_decay": 0}``).
 
@@ -209,6 +222,17 @@ class MethodStack(Method):
             for key, value in method.stats(model).items():
                 merged[f"{method.name}.{key}" if key in merged else key] = value
         return merged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): method.state_dict() for i, method in enumerate(self.methods)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {str(i) for i in range(len(self.methods))}:
+            raise ValueError(
+                f"stack state has keys {sorted(state)}, expected one per method (0..{len(self) - 1})"
+            )
+        for i, method in enumerate(self.methods):
+            method.load_state_dict(state[str(i)])
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = []

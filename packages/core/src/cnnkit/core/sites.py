@@ -403,8 +403,10 @@ def _select_stages(stages: Sequence[int] | int | None, n: int) -> list[int]:
         return list(range(1, n + 1))
     requested = [stages] if isinstance(stages, int) else list(stages)
     if n == 0:
-        raise ValueError(f"stages={requested!r}: this model declares no stages (cnnkit_stages is empty), "
-                         "so methods placed at stages cannot act on it")
+        raise ValueError(
+            f"stages={requested!r}: this model declares no stages (cnnkit_stages is empty), "
+            "so methods placed at stages cannot act on it"
+        )
     for s in requested:
         if not isinstance(s, int) or isinstance(s, bool):
             raise TypeError(f"stages must be integers, got {s!r} in stages={requested!r}")
