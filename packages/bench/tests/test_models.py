@@ -93,8 +93,9 @@ def test_unknown_shortcut_kind_is_rejected() -> None:
         factory("resnet20")(shortcut="conv")
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("resnet18", torchvision.models.resnet18),
-                                              ("resnet50", torchvision.models.resnet50)])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("resnet18", torchvision.models.resnet18), ("resnet50", torchvision.models.resnet50)]
+)
 def test_cifar_resnet_has_torchvision_parameter_names(ours: str, theirs: Callable[..., nn.Module]) -> None:
     with torch.device("meta"):
         a, b = factory(ours)(), theirs(weights=None)
@@ -108,8 +109,10 @@ def test_cifar_resnet_has_torchvision_parameter_names(ours: str, theirs: Callabl
 # --------------------------------------------------------------------------------------------- MACs
 
 
-@pytest.mark.parametrize(("name", "mmacs"), [("resnet18", 555), ("resnet34", 1159), ("resnet50", 1298),
-                                             ("vgg16_bn", 314), ("vgg19_bn", 399)])
+@pytest.mark.parametrize(
+    ("name", "mmacs"),
+    [("resnet18", 555), ("resnet34", 1159), ("resnet50", 1298), ("vgg16_bn", 314), ("vgg19_bn", 399)],
+)
 def test_macs_match_the_methods_table(name: str, mmacs: int) -> None:
     macs = count_flops(factory(name)(), torch.zeros(1, 3, 32, 32)).macs
     assert macs == pytest.approx(mmacs * 1e6, rel=0.01)
@@ -135,8 +138,10 @@ def test_forward_shape_with_custom_num_classes(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet18", "vgg16_bn", "lenet5_caffe", "lenet300_100",
-                                  "imagenet_resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet20", "resnet18", "vgg16_bn", "lenet5_caffe", "lenet300_100", "imagenet_resnet18", "mobilenet_v2"],
+)
 def test_other_in_channels(name: str) -> None:
     in_channels = 1 if SPECS[name].input_shape[0] == 3 else 3  # type: ignore[index]
     model = factory(name)(num_classes=5, in_channels=in_channels).eval()
@@ -164,10 +169,23 @@ def test_lenet5_follows_input_size() -> None:
 
 # --------------------------------------------------------------------------------------------- stages
 
-STAGE_COUNTS = {"lenet300_100": 0, "lenet5_caffe": 2, "resnet20": 3, "resnet32": 3, "resnet56": 3,
-                "resnet18": 4, "resnet34": 4, "resnet50": 4, "vgg16_bn": 5, "vgg19_bn": 5,
-                "imagenet_resnet18": 4, "imagenet_resnet34": 4, "imagenet_resnet50": 4,
-                "imagenet_resnet101": 4, "mobilenet_v2": 5}
+STAGE_COUNTS = {
+    "lenet300_100": 0,
+    "lenet5_caffe": 2,
+    "resnet20": 3,
+    "resnet32": 3,
+    "resnet56": 3,
+    "resnet18": 4,
+    "resnet34": 4,
+    "resnet50": 4,
+    "vgg16_bn": 5,
+    "vgg19_bn": 5,
+    "imagenet_resnet18": 4,
+    "imagenet_resnet34": 4,
+    "imagenet_resnet50": 4,
+    "imagenet_resnet101": 4,
+    "mobilenet_v2": 5,
+}
 
 
 def test_every_model_has_a_stage_count() -> None:
@@ -200,16 +218,19 @@ def _stage_sizes(model: nn.Module, x: torch.Tensor) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize(("name", "side", "expected"), [
-    ("resnet18", 32, [32, 16, 8, 4]),
-    ("resnet50", 32, [32, 16, 8, 4]),
-    ("resnet20", 32, [32, 16, 8]),
-    ("vgg16_bn", 32, [16, 8, 4, 2, 1]),
-    ("vgg19_bn", 32, [16, 8, 4, 2, 1]),
-    ("lenet5_caffe", 28, [12, 4]),
-    ("imagenet_resnet18", 64, [16, 8, 4, 2]),
-    ("mobilenet_v2", 224, [112, 56, 28, 14, 7]),
-])
+@pytest.mark.parametrize(
+    ("name", "side", "expected"),
+    [
+        ("resnet18", 32, [32, 16, 8, 4]),
+        ("resnet50", 32, [32, 16, 8, 4]),
+        ("resnet20", 32, [32, 16, 8]),
+        ("vgg16_bn", 32, [16, 8, 4, 2, 1]),
+        ("vgg19_bn", 32, [16, 8, 4, 2, 1]),
+        ("lenet5_caffe", 28, [12, 4]),
+        ("imagenet_resnet18", 64, [16, 8, 4, 2]),
+        ("mobilenet_v2", 224, [112, 56, 28, 14, 7]),
+    ],
+)
 def test_stage_output_sizes(name: str, side: int, expected: list[int]) -> None:
     model = factory(name)()
     x = torch.randn(1, SPECS[name].input_shape[0], side, side)  # type: ignore[index]

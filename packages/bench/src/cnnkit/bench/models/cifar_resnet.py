@@ -97,8 +97,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1,
-                 shortcut: ShortcutKind = "projection") -> None:
+    def __init__(
+        self, in_channels: int, width: int, stride: int = 1, shortcut: ShortcutKind = "projection"
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
@@ -127,8 +128,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1,
-                 shortcut: ShortcutKind = "projection") -> None:
+    def __init__(
+        self, in_channels: int, width: int, stride: int = 1, shortcut: ShortcutKind = "projection"
+    ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
@@ -161,8 +163,16 @@ class CifarResNet(nn.Module):
         shortcut: ``"projection"`` (1×1 conv + BN) or ``"zero_pad"`` (option A) where the shape changes.
     """
 
-    def __init__(self, *, block: type[BasicBlock | Bottleneck], layers: Sequence[int], widths: Sequence[int],
-                 num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutKind = "projection") -> None:
+    def __init__(
+        self,
+        *,
+        block: type[BasicBlock | Bottleneck],
+        layers: Sequence[int],
+        widths: Sequence[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: ShortcutKind = "projection",
+    ) -> None:
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have the same length")
@@ -197,8 +207,14 @@ def _he_cifar_resnet(depth: int, num_classes: int, in_channels: int, shortcut: S
     if (depth - 2) % 6:
         raise ValueError(f"a CIFAR ResNet of He et al. has depth 6n+2, got {depth}")
     n = (depth - 2) // 6
-    return CifarResNet(block=BasicBlock, layers=(n, n, n), widths=(16, 32, 64), num_classes=num_classes,
-                       in_channels=in_channels, shortcut=shortcut)
+    return CifarResNet(
+        block=BasicBlock,
+        layers=(n, n, n),
+        widths=(16, 32, 64),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,
+    )
 
 
 def resnet20(
@@ -227,17 +243,20 @@ _WIDE = (64, 128, 256, 512)
 
 def resnet18(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """CIFAR ResNet-18 (BasicBlock [2,2,2,2]; 11,173,962 / 11,220,132 params at 10 / 100 classes)."""
-    return CifarResNet(block=BasicBlock, layers=(2, 2, 2, 2), widths=_WIDE, num_classes=num_classes,
-                       in_channels=in_channels)
+    return CifarResNet(
+        block=BasicBlock, layers=(2, 2, 2, 2), widths=_WIDE, num_classes=num_classes, in_channels=in_channels
+    )
 
 
 def resnet34(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """CIFAR ResNet-34 (BasicBlock [3,4,6,3]; 21,282,122 / 21,328,292 params at 10 / 100 classes)."""
-    return CifarResNet(block=BasicBlock, layers=(3, 4, 6, 3), widths=_WIDE, num_classes=num_classes,
-                       in_channels=in_channels)
+    return CifarResNet(
+        block=BasicBlock, layers=(3, 4, 6, 3), widths=_WIDE, num_classes=num_classes, in_channels=in_channels
+    )
 
 
 def resnet50(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """CIFAR ResNet-50 (Bottleneck [3,4,6,3]; 23,520,842 / 23,705,252 params at 10 / 100 classes)."""
-    return CifarResNet(block=Bottleneck, layers=(3, 4, 6, 3), widths=_WIDE, num_classes=num_classes,
-                       in_channels=in_channels)
+    return CifarResNet(
+        block=Bottleneck, layers=(3, 4, 6, 3), widths=_WIDE, num_classes=num_classes, in_channels=in_channels
+    )

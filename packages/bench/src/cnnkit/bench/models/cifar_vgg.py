@@ -41,8 +41,11 @@ def _features(config: Sequence[int | str], in_channels: int) -> tuple[nn.Sequent
             new: list[nn.Module] = [nn.MaxPool2d(kernel_size=2, stride=2)]
         else:
             width = int(item)
-            new = [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True)]
+            new = [
+                nn.Conv2d(channels, width, kernel_size=3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels = width
         for module in new:
             current.append(f"features.{len(layers)}")

@@ -1,0 +1,270 @@
+"""The ``cnnkit`` command line: list, show, run, sweep, report, demo.
+
+Exit codes: 0 success; 1 one or more runs failed; 2 bad usage or configuration; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnkit.core.config import ConfigError
+from cnnkit.core.registry import UnknownNameError
+
+DEFAULT_STORE = Path(os.environ.get("CNNKIT_RESULTS", "cnnkit-results"))
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    columns = zip(header, *rows, strict=True)
+    widths = [max(len(str(cell)) for cell in column) for column in columns]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from cnnkit.core.plugins import get_registries
+
+    registries = get_registries()
+    registry = getattr(registries, args.what)
+    rows = []
+    for spec in registry:
+        kind = getattr(spec, "kind", "")
+        if args.kind and kind != args.kind:
+            continue
+        rows.append([spec.name, kind or "-", registry.source(spec.name).split(" (")[0], spec.paper or "-"])
+    _print_table(rows, ["name", "kind", "provided by", "paper"])
+    if not rows:
+        print(f"(no {args.what} installed{' of kind ' + args.kind if args.kind else ''})")
+    for name, message in registries.failed.items():
+        print(f"warning: plugin {name} was skipped: {message}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cnnkit.core.config import describe_field
+    from cnnkit.core.plugins import get_registries
+
+    registries = get_registries()
+    spec = registries.methods.get(args.name)
+    cls = spec.load()
+    print(f"{spec.name} ({spec.kind}) — {spec.summary}")
+    print(f"paper: {spec.paper or '-'}\nprovided by: {registries.methods.source(spec.name)}\n")
+    rows = []
+    for field_name, info in cls.Config.model_fields.items():
+        rows.append(
+            [field_name, repr(info.default), describe_field(cls.Config, field_name), info.description or ""]
+        )
+    _print_table(rows, ["field", "default", "allowed", "description"])
+    if args.schema:
+        print(json.dumps(cls.Config.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from cnnkit.bench.results import ResultStore
+
+    return ResultStore(Path(args.store) / "results.sqlite")
+
+
+def execute(
+    configs: Iterable[Any], store: Any, runs_dir: Path, *, retry_failed: bool = True
+) -> tuple[int, int, int]:
+    """Run each config not already done; returns (ran, skipped, failed). A failure never stops the sweep."""
+    from cnnkit.bench.trainer import RunFailed, run
+
+    ran = skipped = failed = 0
+    for cfg in configs:
+        key = cfg.key()
+        record = store.get(key)
+        if record is not None and (
+            record.status == "done" or (record.status == "failed" and not retry_failed)
+        ):
+            skipped += 1
+            continue
+        label = f"{cfg.model} / {cfg.dataset} / {cfg.method_label()} / seed {cfg.seed}"
+        print(f"run {key}: {label}", file=sys.stderr)
+        store.start(key, cfg.model_dump(mode="json"))
+        try:
+            metrics = run(cfg, runs_dir / key)
+        except KeyboardInterrupt:
+            store.fail(key, "interrupted")
+            raise
+        except (RunFailed, ConfigError, UnknownNameError) as exc:
+            store.fail(key, str(exc))
+            print(f"  failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except Exception as exc:  # a bug in a method or model must not lose the sweep's other runs
+            store.fail(key, "".join(traceback.format_exception(exc)))
+            print(f"  failed with {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        store.finish(key, metrics)
+        print(f"  test top-1 {metrics['test_top1']:.2f} %", file=sys.stderr)
+        ran += 1
+    return ran, skipped, failed
+
+
+def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
+    from cnnkit.bench.sweep import load_config_file
+
+    fields: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    flags = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "data_root": args.data_root or os.environ.get("CNNKIT_DATA"),
+        "max_steps_per_epoch": args.max_steps_per_epoch,
+    }
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    if args.download:
+        fields["download"] = True
+    if args.no_progress:
+        fields["progress"] = False
+    if args.method:
+        fields["methods"] = list(args.method)
+    if args.lr is not None:
+        fields["optimizer"] = {**fields.get("optimizer", {}), "lr": args.lr}
+    return fields
+
+
+def _finish(store: Any, counts: tuple[int, int, int], keys: list[str]) -> int:
+    from cnnkit.bench.report import aggregate, render
+
+    ran, skipped, failed = counts
+    records = [r for r in (store.get(k) for k in keys) if r is not None]
+    print(render(aggregate(records), "md"))
+    print(f"\n{ran} run(s) trained, {skipped} reused from {store.path}, {failed} failed.", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cnnkit.bench.sweep import make_run_config
+
+    cfg = make_run_config(_run_fields(args))
+    store = _store(args)
+    return _finish(store, execute([cfg], store, Path(args.store) / "runs"), [cfg.key()])
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cnnkit.bench.sweep import expand_sweep, load_config_file
+
+    configs = list(expand_sweep(load_config_file(args.config)))
+    print(f"sweep: {len(configs)} run(s)", file=sys.stderr)
+    store = _store(args)
+    counts = execute(configs, store, Path(args.store) / "runs", retry_failed=not args.skip_failed)
+    return _finish(store, counts, [c.key() for c in configs])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnkit.bench.report import aggregate, render
+
+    store = _store(args)
+    print(render(aggregate(store.records()), args.format))
+    return EXIT_OK
+
+
+def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
+    """The demo grid: LeNet-5-Caffe on the embedded Fashion-MNIST subset, baseline and every method."""
+    from cnnkit.bench.sweep import make_run_config
+    from cnnkit.core.plugins import get_registries
+
+    stacks: list[list[str]] = [[]] + [[spec.name] for spec in get_registries().methods]
+    base = {
+        "model": "lenet5_caffe",
+        "dataset": "fashion_mnist_mini",
+        "epochs": epochs,
+        "batch_size": 64,
+        "optimizer": {"lr": 0.05},
+        "max_steps_per_epoch": max_steps,
+    }
+    return [
+        make_run_config({**base, "seed": seed, "methods": stack}) for stack in stacks for seed in range(seeds)
+    ]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    configs = demo_configs(args.epochs, args.seeds, args.max_steps_per_epoch)
+    print(f"demo: {len(configs)} run(s) on the embedded Fashion-MNIST subset (CPU is fine)", file=sys.stderr)
+    store = _store(args)
+    return _finish(store, execute(configs, store, Path(args.store) / "runs"), [c.key() for c in configs])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cnnkit.bench.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cnnkit", description="Evaluate every installed cnnkit method uniformly."
+    )
+    parser.add_argument("--version", action="version", version=f"cnnkit-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list installed methods (or models, datasets, metrics)")
+    p.add_argument("what", nargs="?", default="methods", choices=["methods", "models", "datasets", "metrics"])
+    p.add_argument("--kind", choices=["regularizer", "pruner", "efficiency"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="a method's config fields, defaults, allowed values and paper")
+    p.add_argument("name")
+    p.add_argument("--schema", action="store_true", help="also print the JSON schema")
+    p.set_defaults(func=cmd_show)
+
+    for name, func, helptext in (
+        ("run", cmd_run, "train one configuration"),
+        ("sweep", cmd_sweep, "run a grid from a YAML/TOML file"),
+        ("report", cmd_report, "tables of finished runs"),
+        ("demo", cmd_demo, "baseline and every method on the embedded data"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--store", default=str(DEFAULT_STORE), help="results folder (default: %(default)s)")
+        p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("config", nargs="?", help="YAML/TOML run config; flags override it")
+            p.add_argument("--model")
+            p.add_argument("--dataset")
+            p.add_argument("--method", action="append", help="NAME[:key=value,...]; repeat to stack methods")
+            p.add_argument("--epochs", type=int)
+            p.add_argument("--seed", type=int)
+            p.add_argument("--batch-size", type=int)
+            p.add_argument("--lr", type=float)
+            p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+            p.add_argument("--data-root", help="dataset root (default: $CNNKIT_DATA)")
+            p.add_argument("--download", action="store_true", help="allow downloading datasets")
+            p.add_argument("--max-steps-per-epoch", type=int)
+            p.add_argument("--no-progress", action="store_true")
+        if name == "sweep":
+            p.add_argument("config")
+            p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+        if name == "report":
+            p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+        if name == "demo":
+            p.add_argument("--epochs", type=int, default=2)
+            p.add_argument("--seeds", type=int, default=2)
+            p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

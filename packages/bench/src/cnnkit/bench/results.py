@@ -1,0 +1,103 @@
+"""Results store: one SQLite file (stdlib), one row per run keyed by the run config's hash.
+
+A run is recorded as ``running`` when it starts and ``done`` or ``failed`` when it ends, with its metrics
+as JSON. A sweep that is killed and restarted skips runs that are ``done`` and reruns the others, so no
+finished result is lost or repeated. Writes are single-statement transactions (safe to kill at any time).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ResultStore", "RunRecord"]
+
+Status = Literal["running", "done", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    metrics TEXT NOT NULL DEFAULT '{}',
+    error TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL,
+    finished REAL
+)
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    key: str
+    config: dict[str, Any]
+    status: Status
+    metrics: dict[str, Any]
+    error: str
+    started: float
+    finished: float | None
+
+
+class ResultStore:
+    """SQLite-backed run records at ``path`` (created with its parent folders)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30.0)) as db, db:
+            yield db
+
+    def start(self, key: str, config: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (key, config, status, started) VALUES (?, ?, 'running', ?) "
+                "ON CONFLICT(key) DO UPDATE SET status='running', config=excluded.config, "
+                "metrics='{}', error='', started=excluded.started, finished=NULL",
+                (key, json.dumps(config, sort_keys=True), time.time()),
+            )
+
+    def finish(self, key: str, metrics: dict[str, Any]) -> None:
+        self._end(key, "done", metrics, "")
+
+    def fail(self, key: str, error: str, metrics: dict[str, Any] | None = None) -> None:
+        self._end(key, "failed", metrics or {}, error)
+
+    def _end(self, key: str, status: Status, metrics: dict[str, Any], error: str) -> None:
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status=?, metrics=?, error=?, finished=? WHERE key=?",
+                (status, json.dumps(metrics, sort_keys=True), error, time.time(), key),
+            )
+            if cursor.rowcount != 1:
+                raise KeyError(f"run {key} was never started in {self.path}")
+
+    def get(self, key: str) -> RunRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+        return _record(row) if row else None
+
+    def is_done(self, key: str) -> bool:
+        record = self.get(key)
+        return record is not None and record.status == "done"
+
+    def records(self, status: Status | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY started"
+        with self._connect() as db:
+            rows = db.execute(query, (status,) if status else ()).fetchall()
+        return [_record(row) for row in rows]
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    key, config, status, metrics, error, started, finished = row
+    return RunRecord(key, json.loads(config), status, json.loads(metrics), error, started, finished)

@@ -1,0 +1,417 @@
+"""One trainer for every method: drives the Method events, checkpoints, resumes and measures.
+
+Choices (documented for users):
+- The learning-rate schedule is stepped per optimizer step (milestones are fractions of training).
+- On CUDA, mixed precision uses bfloat16 autocast (no loss scaling needed) and channels_last memory format.
+- On CPU, runs are seeded and deterministic (``torch.use_deterministic_algorithms`` during the run).
+- The data order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches.
+- Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol).
+- Test metrics are measured on ``method.export(model)``: the model one would deploy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cnnkit.bench.runconfig import RunConfig
+from cnnkit.core.context import Batch, Context
+from cnnkit.core.cost import count_flops, count_params
+from cnnkit.core.loop import MethodRunner
+from cnnkit.core.method import Method, MethodStack, create_method
+from cnnkit.core.plugins import get_registries
+
+__all__ = ["RunFailed", "Trainer", "run"]
+
+SCORING_BATCHES = 10
+
+
+class RunFailed(RuntimeError):
+    """A run stopped (non-finite loss, bad configuration, ...); the message says why."""
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    step: int = 0
+    best_val_top1: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional for seeding
+        pass
+
+
+def build_datasets(cfg: RunConfig) -> dict[str, Dataset[Any]]:
+    """The splits the protocol needs: train/val/test (``val``) or train_full/test (``last``)."""
+    factory = get_registries().datasets.get(cfg.dataset).load()
+    splits = (
+        {"train": "train", "val": "val", "test": "test"}
+        if cfg.protocol == "val"
+        else {"train": "train_full", "test": "test"}
+    )
+    kwargs = {"root": cfg.data_root, "download": cfg.download, **cfg.dataset_args}
+    return {role: factory(split=split, **kwargs) for role, split in splits.items()}
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The model factory called with ``num_classes`` / ``in_channels`` from the dataset spec (overridable)."""
+    spec = get_registries().datasets.get(cfg.dataset)
+    defaults: dict[str, Any] = {}
+    if spec.num_classes is not None:
+        defaults["num_classes"] = spec.num_classes
+    if spec.input_shape is not None:
+        defaults["in_channels"] = spec.input_shape[0]
+    factory = get_registries().models.get(cfg.model).load()
+    model: nn.Module = factory(**{**defaults, **cfg.model_args})
+    return model
+
+
+def build_method(cfg: RunConfig) -> Method:
+    return MethodStack([create_method(ref.name, **ref.config) for ref in cfg.methods])
+
+
+def _loader(
+    dataset: Dataset[Any], cfg: RunConfig, *, shuffle: bool, seed: int, batch_size: int
+) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        drop_last=False,
+    )
+
+
+class _ScoringBatches:
+    """Re-iterable: the first ``limit`` training batches (fixed order), on the run's device."""
+
+    def __init__(self, dataset: Dataset[Any], cfg: RunConfig, device: torch.device) -> None:
+        self.loader = _loader(dataset, cfg, shuffle=True, seed=cfg.seed + 7919, batch_size=cfg.batch_size)
+        self.device = device
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i, (x, y) in enumerate(self.loader):
+            if i >= SCORING_BATCHES:
+                return
+            yield x.to(self.device), y.to(self.device)
+
+
+class Trainer:
+    """Trains ``cfg.model`` on ``cfg.dataset`` with ``cfg.methods``; see the module docstring.
+
+    Args:
+        cfg: the run.
+        run_dir: where the checkpoint lives (``checkpoint.pt``); a run with an existing checkpoint resumes.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        self.state = _State()
+
+    # -- setup --------------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.data = build_datasets(cfg)
+        self.steps_per_epoch = math.ceil(len(self.data["train"]) / cfg.batch_size)  # type: ignore[arg-type]
+        if cfg.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        model = build_model(cfg).to(self.device)
+        if self.cuda and cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        example = next(iter(_loader(self.data["train"], cfg, shuffle=False, seed=0, batch_size=2)))[0]
+        self.ctx = Context(
+            example_input=example.to(self.device),
+            batches=_ScoringBatches(self.data["train"], cfg, self.device),
+            total_steps=self.total_steps,
+            total_epochs=cfg.epochs,
+            device=self.device,
+            seed=cfg.seed,
+        )
+        self.method = build_method(cfg)
+        self.runner = MethodRunner(self.method, self.ctx)
+        self.model = self.runner.apply(model)
+        self.optimizer = self._optimizer()
+        self.runner.set_optimizer(self.optimizer)
+        self.scheduler = self._scheduler()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        opt = self.cfg.optimizer
+        groups = self.runner.param_groups(self.model, weight_decay=opt.weight_decay)
+        if opt.name == "sgd":
+            return torch.optim.SGD(
+                groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0
+            )
+        return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        sched, total = self.cfg.schedule, self.total_steps
+        if sched.name == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=self.cfg.optimizer.lr, total_steps=total
+            )
+        warmup = int(sched.warmup_fraction * total)
+        milestones = [int(m * total) for m in sched.milestones]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if sched.name == "multistep":
+                return float(sched.gamma ** sum(step >= m for m in milestones))
+            if sched.name == "cosine":
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
+
+    def _save(self) -> None:
+        path = self.checkpoint_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s = self.state
+        blob = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch": s.epoch,
+            "step": s.step,
+            "best_val_top1": s.best_val_top1,
+            "best_epoch": s.best_epoch,
+            "best_state": s.best_state,
+            "history": s.history,
+            "config_key": self.cfg.key(),
+            "rng": torch.get_rng_state(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+
+    def _maybe_resume(self) -> bool:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        blob = torch.load(path, map_location=self.device, weights_only=True)
+        if blob.get("config_key") != self.cfg.key():
+            raise RunFailed(
+                f"checkpoint {path} belongs to another configuration; remove it or use another run dir"
+            )
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.method.load_state_dict(blob["method"])
+        torch.set_rng_state(blob["rng"].cpu())
+        self.state = _State(
+            epoch=blob["epoch"],
+            step=blob["step"],
+            best_val_top1=blob["best_val_top1"],
+            best_epoch=blob["best_epoch"],
+            best_state=blob["best_state"],
+            history=blob["history"],
+        )
+        self.ctx.step, self.ctx.epoch = self.state.step, self.state.epoch
+        return True
+
+    # -- training --------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume) and return the run's metrics."""
+        started = time.perf_counter()
+        previous = torch.are_deterministic_algorithms_enabled()
+        try:
+            if self.cfg.deterministic and not torch.cuda.is_available():
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            self._setup()
+            self._maybe_resume()
+            while self.state.epoch < self.cfg.epochs:
+                self._train_epoch()
+            metrics = self._final_metrics()
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        metrics["wall_time_s"] = time.perf_counter() - started
+        return metrics
+
+    def _batches(self) -> Iterator[Batch]:
+        loader = _loader(
+            self.data["train"],
+            self.cfg,
+            shuffle=True,
+            seed=self.cfg.seed * 100_003 + self.state.epoch,
+            batch_size=self.cfg.batch_size,
+        )
+        for i, (x, y) in enumerate(loader):
+            if i >= self.steps_per_epoch:
+                return
+            x = x.to(self.device, non_blocking=True)
+            if self.cuda and self.cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def _train_epoch(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        total, count = 0.0, 0
+        bar = tqdm(
+            self._batches(),
+            total=self.steps_per_epoch,
+            leave=False,
+            disable=not self.cfg.progress,
+            desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}",
+        )
+        for x, y in bar:
+            loss = self._train_step(x, y)
+            total, count = total + loss * len(y), count + len(y)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        self.runner.end_epoch()
+        self.state.epoch += 1
+        record = {"epoch": float(self.state.epoch), "train_loss": total / max(1, count)}
+        if "val" in self.data:
+            val = self.evaluate(self.model, self.data["val"])
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if val["top1"] > self.state.best_val_top1:
+                self.state.best_val_top1, self.state.best_epoch = val["top1"], self.state.epoch
+                self.state.best_state = copy.deepcopy(self.model.state_dict())
+        self.state.history.append(record)
+        self._save()
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        runner, optimizer = self.runner, self.optimizer
+        runner.before_step(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
+            output = self.model(x)
+            loss = runner.loss(self.model, output.float(), y)
+        if not torch.isfinite(loss.detach()):
+            raise RunFailed(
+                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}: "
+                "the run is stopped (try a lower learning rate)"
+            )
+        loss.backward()  # type: ignore[no-untyped-call]
+        runner.after_backward()
+        optimizer.step()
+        runner.after_step()
+        self.scheduler.step()
+        self.state.step += 1
+        return float(loss.detach())
+
+    # -- evaluation and metrics ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
+        """Top-1 and top-5 accuracy (%) and mean cross-entropy on ``dataset``."""
+        model.eval()
+        loader = _loader(dataset, self.cfg, shuffle=False, seed=0, batch_size=self.cfg.eval_batch_size)
+        correct1 = correct5 = 0
+        loss_sum, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
+                logits = model(x).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += int((top[:, 0] == y).sum())
+            correct5 += int((top == y[:, None]).any(dim=1).sum())
+            n += len(y)
+        model.train()
+        return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+    def _final_metrics(self) -> dict[str, Any]:
+        if self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+        stats = {f"method.{k}": float(v) for k, v in self.method.stats(self.model).items()}
+        deployed = self.method.export(copy.deepcopy(self.model)).eval()
+        test = self.evaluate(deployed, self.data["test"])
+        params = count_params(deployed)
+        flops = count_flops(deployed, self.ctx.example_input[:1])
+        metrics: dict[str, Any] = {
+            "test_top1": test["top1"],
+            "test_top5": test["top5"],
+            "test_loss": test["loss"],
+            "best_val_top1": self.state.best_val_top1 if "val" in self.data else None,
+            "best_epoch": self.state.best_epoch if "val" in self.data else self.state.epoch,
+            "train_loss": self.state.history[-1]["train_loss"] if self.state.history else None,
+            "params_total": params.total,
+            "params_nonzero": params.nonzero,
+            "params_trainable": params.trainable,
+            "macs": flops.macs,
+            "effective_macs": flops.effective_macs,
+            "epochs": self.state.epoch,
+            "steps": self.state.step,
+            "device": str(self.device),
+            **stats,
+        }
+        if self.cfg.measure_latency:
+            metrics.update(measure_speed(deployed, self.ctx.example_input[:1], self.cfg.eval_batch_size))
+        metrics["peak_memory_mb"] = peak_memory_mb(self.device)
+        return metrics
+
+
+def measure_speed(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Latency (ms, batch 1, median) and throughput (images/s at ``batch_size``) via torch.utils.benchmark."""
+    from torch.utils import benchmark
+
+    model.eval()
+    out: dict[str, float] = {}
+    batch = example.expand(batch_size, *example.shape[1:]).contiguous()
+    with torch.no_grad():
+        for name, x in (("latency_ms", example), ("throughput", batch)):
+            timer = benchmark.Timer(
+                stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads()
+            )
+            median = timer.blocked_autorange(min_run_time=0.2).median
+            out[name] = median * 1000.0 if name == "latency_ms" else batch_size / median
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one configuration and return its metrics (raises :class:`RunFailed` on a failed run)."""
+    return Trainer(cfg, run_dir).fit()

@@ -1,0 +1,46 @@
+"""Bench test fixtures: a tiny model registered for the tests, and small run configs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cnnkit.core import ModelSpec, hookimpl
+from cnnkit.core.plugins import get_registries, reset_registries
+
+pytest_plugins = ["cnnkit.core.testing"]
+
+
+class _TestModels:
+    @hookimpl
+    def cnnkit_register_models(self, registry: Any) -> None:
+        registry.add(
+            ModelSpec(name="tiny_resnet", target="cnnkit.core.testing:TinyResNet", input_shape=(3, 16, 16))
+        )
+
+
+@pytest.fixture
+def registries() -> Iterator[Any]:
+    """Fresh registries with the test-only model ``tiny_resnet`` added."""
+    reset_registries()
+    registries = get_registries()
+    registries.register_plugin(_TestModels())
+    yield registries
+    reset_registries()
+
+
+@pytest.fixture
+def tiny_run() -> dict[str, Any]:
+    """Fields of a run that trains in about a second on CPU."""
+    return {
+        "model": "tiny_resnet",
+        "dataset": "synthetic",
+        "dataset_args": {"shape": [3, 16, 16], "size": 192},
+        "epochs": 2,
+        "batch_size": 32,
+        "optimizer": {"lr": 0.05},
+        "progress": False,
+        "measure_latency": False,
+    }

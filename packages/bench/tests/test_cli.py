@@ -1,0 +1,124 @@
+"""The ``cnnkit`` CLI: listings, method details, runs, sweeps that survive failures, reports, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cnnkit.bench.cli import main
+from cnnkit.bench.results import ResultStore
+
+TINY_FLAGS = [
+    "--model",
+    "tiny_resnet",
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--no-progress",
+    "--max-steps-per-epoch",
+    "2",
+]
+
+
+def test_list_shows_models_and_datasets_with_their_distribution(registries: Any, capsys: Any) -> None:
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "cnnkit-bench" in out and "He et al." in out
+    assert main(["list", "datasets"]) == 0
+    assert "fashion_mnist_mini" in capsys.readouterr().out
+
+
+def test_show_unknown_method_exits_2_with_suggestions(registries: Any, capsys: Any) -> None:
+    assert main(["show", "nosuchmethod"]) == 2
+    assert "unknown method 'nosuchmethod'" in capsys.readouterr().err
+
+
+def test_bad_flag_value_exits_2_naming_the_field(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    code = main(["run", "--store", str(tmp_path), *TINY_FLAGS[:-2], "--max-steps-per-epoch", "0"])
+    assert code == 2
+    assert "max_steps_per_epoch" in capsys.readouterr().err
+
+
+def test_run_records_results_and_reuses_them(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    assert main(["run", "--store", str(tmp_path), *TINY_FLAGS]) == 0
+    captured = capsys.readouterr()
+    assert "| tiny_resnet | synthetic | baseline | 1 |" in captured.out
+    assert "1 run(s) trained" in captured.err
+    assert main(["run", "--store", str(tmp_path), *TINY_FLAGS]) == 0
+    assert "0 run(s) trained, 1 reused" in capsys.readouterr().err
+    records = ResultStore(tmp_path / "results.sqlite").records()
+    assert len(records) == 1 and records[0].status == "done"
+    assert records[0].metrics["steps"] == 2
+
+
+def test_sweep_continues_after_a_failed_run_and_exits_1(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    sweep = {
+        "base": {
+            "model": "tiny_resnet",
+            "dataset": "synthetic",
+            "epochs": 1,
+            "batch_size": 32,
+            "max_steps_per_epoch": 2,
+            "progress": False,
+            "measure_latency": False,
+        },
+        "grid": {"seed": [0, 1], "methods": ["baseline", "no_such_method"]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--store", str(tmp_path)]) == 1
+    store = ResultStore(tmp_path / "results.sqlite")
+    assert len(store.records("done")) == 2 and len(store.records("failed")) == 2
+    assert "unknown method 'no_such_method'" in store.records("failed")[0].error
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--store", str(tmp_path), "--skip-failed"]) == 0
+    assert "0 run(s) trained, 4 reused" in capsys.readouterr().err
+
+
+def test_report_formats(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    for seed in ("0", "1"):
+        assert main(["run", "--store", str(tmp_path), *TINY_FLAGS, "--seed", seed]) == 0
+    capsys.readouterr()
+    assert main(["report", "--store", str(tmp_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["seeds"] == 2 and rows[0]["test_top1_std"] >= 0.0
+    assert main(["report", "--store", str(tmp_path), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("model,dataset,method,seeds,test_top1")
+
+
+def test_console_script_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnkit.bench.cli", "list", "models"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CNNKIT_RESULTS": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lenet5_caffe" in result.stdout
+
+
+def test_demo_trains_the_baseline_on_the_embedded_data(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    code = main(
+        ["demo", "--store", str(tmp_path), "--epochs", "1", "--seeds", "1", "--max-steps-per-epoch", "3"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| lenet5_caffe | fashion_mnist_mini | baseline | 1 |" in out
+
+
+@pytest.mark.parametrize("argv", [["run", "--epochs", "x"], ["nosuchcommand"], []])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
