@@ -176,4 +176,14 @@ def test_cuda_request_without_cuda_is_a_clear_error(registries: Any, tiny_run: d
 
 def test_latency_and_throughput_are_measured(registries: Any, tiny_run: dict[str, Any]) -> None:
     metrics = run(RunConfig(**{**tiny_run, "epochs": 1, "measure_latency": True, "max_steps_per_epoch": 1}))
-    assert metrics["latency_ms"] > 0 and metrics["throughput"] > 0 and metrics["peak_memory_mb"] > 0
+    for key in (
+        "cpu_latency_ms_b1",
+        "cpu_latency_ms_b64",
+        "cpu_throughput",
+        "train_samples_per_s",
+        "peak_memory_mb",
+    ):
+        assert metrics[key] > 0, key
+    assert metrics["cpu_latency_ms_b64"] > metrics["cpu_latency_ms_b1"]
+    assert ("gpu_latency_ms_b1" in metrics) == torch.cuda.is_available()
+    assert metrics["val_top1"] == metrics["best_val_top1"] and metrics["val_top5"] >= metrics["val_top1"]

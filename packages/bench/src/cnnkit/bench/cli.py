@@ -75,41 +75,52 @@ def _store(args: argparse.Namespace) -> Any:
 
 def execute(
     configs: Iterable[Any], store: Any, runs_dir: Path, *, retry_failed: bool = True
-) -> tuple[int, int, int]:
-    """Run each config not already done; returns (ran, skipped, failed). A failure never stops the sweep."""
-    from cnnkit.bench.trainer import RunFailed, run
+) -> tuple[int, int, int, int]:
+    """Run each config not already finished; returns (ran, reused, failed, not applicable).
 
-    ran = skipped = failed = 0
+    A failure never stops the sweep: it is recorded with its reason and the next run starts.
+    """
+    from cnnkit.bench.trainer import environment
+
+    counts = {"ran": 0, "reused": 0, "failed": 0, "skipped": 0}
+    env = environment()
     for cfg in configs:
         key = cfg.key()
         record = store.get(key)
-        if record is not None and (
-            record.status == "done" or (record.status == "failed" and not retry_failed)
-        ):
-            skipped += 1
+        if store.is_done(key) or (record is not None and record.status == "failed" and not retry_failed):
+            counts["reused"] += 1
             continue
         label = f"{cfg.model} / {cfg.dataset} / {cfg.method_label()} / seed {cfg.seed}"
         print(f"run {key}: {label}", file=sys.stderr)
-        store.start(key, cfg.model_dump(mode="json"))
-        try:
-            metrics = run(cfg, runs_dir / key)
-        except KeyboardInterrupt:
-            store.fail(key, "interrupted")
-            raise
-        except (RunFailed, ConfigError, UnknownNameError) as exc:
-            store.fail(key, str(exc))
-            print(f"  failed: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        except Exception as exc:  # a bug in a method or model must not lose the sweep's other runs
-            store.fail(key, "".join(traceback.format_exception(exc)))
-            print(f"  failed with {type(exc).__name__}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        store.finish(key, metrics)
-        print(f"  test top-1 {metrics['test_top1']:.2f} %", file=sys.stderr)
-        ran += 1
-    return ran, skipped, failed
+        store.start(key, cfg.model_dump(mode="json"), env)
+        counts[_execute_one(cfg, key, store, runs_dir)] += 1
+    return counts["ran"], counts["reused"], counts["failed"], counts["skipped"]
+
+
+def _execute_one(cfg: Any, key: str, store: Any, runs_dir: Path) -> str:
+    from cnnkit.bench.trainer import RunFailed, run
+    from cnnkit.core.method import MethodNotApplicableError
+
+    try:
+        metrics = run(cfg, runs_dir / key)
+    except KeyboardInterrupt:
+        store.fail(key, "interrupted")
+        raise
+    except MethodNotApplicableError as exc:
+        store.skip(key, str(exc))
+        print(f"  skipped: {exc}", file=sys.stderr)
+        return "skipped"
+    except (RunFailed, ConfigError, UnknownNameError) as exc:
+        store.fail(key, str(exc))
+        print(f"  failed: {exc}", file=sys.stderr)
+        return "failed"
+    except Exception as exc:  # a bug in a method or model must not lose the sweep's other runs
+        store.fail(key, "".join(traceback.format_exception(exc)))
+        print(f"  failed with {type(exc).__name__}: {exc}", file=sys.stderr)
+        return "failed"
+    store.finish(key, metrics)
+    print(f"  test top-1 {metrics['test_top1']:.2f} %", file=sys.stderr)
+    return "ran"
 
 
 def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,14 +149,18 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-def _finish(store: Any, counts: tuple[int, int, int], keys: list[str]) -> int:
+def _finish(store: Any, counts: tuple[int, int, int, int], keys: list[str], *, single: bool = False) -> int:
     from cnnkit.bench.report import aggregate, render
 
-    ran, skipped, failed = counts
+    ran, reused, failed, not_applicable = counts
     records = [r for r in (store.get(k) for k in keys) if r is not None]
     print(render(aggregate(records), "md"))
-    print(f"\n{ran} run(s) trained, {skipped} reused from {store.path}, {failed} failed.", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    print(
+        f"\n{ran} run(s) trained, {reused} reused from {store.path}, {failed} failed, "
+        f"{not_applicable} skipped (method not applicable).",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if failed or (single and not_applicable) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -153,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = make_run_config(_run_fields(args))
     store = _store(args)
-    return _finish(store, execute([cfg], store, Path(args.store) / "runs"), [cfg.key()])
+    return _finish(store, execute([cfg], store, Path(args.store) / "runs"), [cfg.key()], single=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -170,24 +185,51 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cnnkit.bench.report import aggregate, render
 
     store = _store(args)
-    print(render(aggregate(store.records()), args.format))
+    records = store.records()
+    print(render(aggregate(records), args.format))
+    if args.out:
+        _write_report(store, [r.key for r in records], Path(args.out))
     return EXIT_OK
 
 
-def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
-    """The demo grid: LeNet-5-Caffe on the embedded Fashion-MNIST subset, baseline and every method."""
-    from cnnkit.bench.sweep import make_run_config
+def _write_report(store: Any, keys: list[str], out_dir: Path) -> None:
+    from cnnkit.bench.report import write_report
+
+    records = [r for r in (store.get(k) for k in keys) if r is not None]
+    written = write_report(records, out_dir)
+    print(f"report: {', '.join(str(p) for p in written)}", file=sys.stderr)
+
+
+DEMO_BASE: dict[str, Any] = {
+    "model": "lenet5_caffe",
+    "dataset": "fashion_mnist_mini",
+    "batch_size": 64,
+    "optimizer": {"lr": 0.05},
+    "schedule": {"name": "cosine"},
+}
+
+
+def demo_methods() -> list[str]:
+    """One method per installed distribution that registers methods: its spec tagged ``demo`` if any,
+    else its first by name."""
     from cnnkit.core.plugins import get_registries
 
-    stacks: list[list[str]] = [[]] + [[spec.name] for spec in get_registries().methods]
-    base = {
-        "model": "lenet5_caffe",
-        "dataset": "fashion_mnist_mini",
-        "epochs": epochs,
-        "batch_size": 64,
-        "optimizer": {"lr": 0.05},
-        "max_steps_per_epoch": max_steps,
-    }
+    methods = get_registries().methods
+    chosen: dict[str, str] = {}
+    for spec in methods:
+        source = methods.source(spec.name).split(" ")[0]
+        if source not in chosen or ("demo" in spec.tags and "demo" not in methods.get(chosen[source]).tags):
+            chosen[source] = spec.name
+    return [chosen[source] for source in sorted(chosen)]
+
+
+def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
+    """The demo grid: LeNet-5-Caffe on the embedded Fashion-MNIST subset, dense and with one method of each
+    installed method package, ``seeds`` seeds each."""
+    from cnnkit.bench.sweep import make_run_config
+
+    stacks: list[list[str]] = [[], *([name] for name in demo_methods())]
+    base = {**DEMO_BASE, "epochs": epochs, "max_steps_per_epoch": max_steps}
     return [
         make_run_config({**base, "seed": seed, "methods": stack}) for stack in stacks for seed in range(seeds)
     ]
@@ -195,9 +237,15 @@ def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     configs = demo_configs(args.epochs, args.seeds, args.max_steps_per_epoch)
-    print(f"demo: {len(configs)} run(s) on the embedded Fashion-MNIST subset (CPU is fine)", file=sys.stderr)
+    print(
+        f"demo: {len(configs)} run(s) of LeNet-5-Caffe on the embedded Fashion-MNIST subset "
+        f"(dense + {', '.join(demo_methods()) or 'no method installed yet'}), results in {args.store}",
+        file=sys.stderr,
+    )
     store = _store(args)
-    return _finish(store, execute(configs, store, Path(args.store) / "runs"), [c.key() for c in configs])
+    code = _finish(store, execute(configs, store, Path(args.store) / "runs"), [c.key() for c in configs])
+    _write_report(store, [c.key() for c in configs], Path(args.store) / "demo-report")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
         if name == "report":
             p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+            p.add_argument("--out", help="also write tables and PNG plots into this folder")
         if name == "demo":
-            p.add_argument("--epochs", type=int, default=2)
+            p.add_argument("--epochs", type=int, default=3)
             p.add_argument("--seeds", type=int, default=2)
             p.add_argument("--max-steps-per-epoch", type=int, default=None)
     return parser

@@ -21,17 +21,17 @@ _METRICS = (
         summary="Mean test cross-entropy.",
     ),
     MetricSpec(
-        name="latency_ms",
-        target="cnnkit.bench.trainer:measure_speed",
+        name="cpu_latency_ms_b1",
+        target="cnnkit.bench.trainer:measure_latency",
         unit="ms",
         higher_is_better=False,
-        summary="Median batch-1 latency (torch.utils.benchmark).",
+        summary="Median CPU latency at batch 1 (also _b64, and gpu_* on CUDA runs).",
     ),
     MetricSpec(
-        name="throughput",
-        target="cnnkit.bench.trainer:measure_speed",
+        name="train_samples_per_s",
+        target="cnnkit.bench.trainer:Trainer",
         unit="img/s",
-        summary="Images per second at the evaluation batch size.",
+        summary="Training throughput: samples per second over the training steps.",
     ),
     MetricSpec(
         name="peak_memory_mb",

@@ -1,8 +1,10 @@
 """Results store: one SQLite file (stdlib), one row per run keyed by the run config's hash.
 
-A run is recorded as ``running`` when it starts and ``done`` or ``failed`` when it ends, with its metrics
-as JSON. A sweep that is killed and restarted skips runs that are ``done`` and reruns the others, so no
-finished result is lost or repeated. Writes are single-statement transactions (safe to kill at any time).
+A run is recorded as ``running`` when it starts and ``done``, ``failed`` or ``skipped`` (the method cannot
+apply to the model) when it ends, with its metrics and environment as JSON. A sweep that is killed and
+restarted skips runs that are ``done`` or ``skipped`` and reruns the others (which resume from their
+last checkpoint), so no finished result is lost or repeated. Concurrent writers wait on SQLite's lock;
+writes are single-statement transactions (safe to kill at any time).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from typing import Any, Literal
 
 __all__ = ["ResultStore", "RunRecord"]
 
-Status = Literal["running", "done", "failed"]
+Status = Literal["running", "done", "failed", "skipped"]
 
+_COLUMNS = "key, config, status, metrics, environment, error, started, finished"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY,
     config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'skipped')),
     metrics TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
     error TEXT NOT NULL DEFAULT '',
     started REAL NOT NULL,
     finished REAL
@@ -39,6 +43,7 @@ class RunRecord:
     config: dict[str, Any]
     status: Status
     metrics: dict[str, Any]
+    environment: dict[str, Any]
     error: str
     started: float
     finished: float | None
@@ -55,16 +60,17 @@ class ResultStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30.0)) as db, db:
+        with closing(sqlite3.connect(self.path, timeout=60.0)) as db, db:
+            db.execute("PRAGMA busy_timeout = 60000")
             yield db
 
-    def start(self, key: str, config: dict[str, Any]) -> None:
+    def start(self, key: str, config: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT INTO runs (key, config, status, started) VALUES (?, ?, 'running', ?) "
-                "ON CONFLICT(key) DO UPDATE SET status='running', config=excluded.config, "
-                "metrics='{}', error='', started=excluded.started, finished=NULL",
-                (key, json.dumps(config, sort_keys=True), time.time()),
+                "INSERT INTO runs (key, config, status, environment, started) VALUES (?, ?, 'running', ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET status='running', config=excluded.config, metrics='{}', "
+                "environment=excluded.environment, error='', started=excluded.started, finished=NULL",
+                (key, _json(config), _json(environment or {}), time.time()),
             )
 
     def finish(self, key: str, metrics: dict[str, Any]) -> None:
@@ -72,6 +78,10 @@ class ResultStore:
 
     def fail(self, key: str, error: str, metrics: dict[str, Any] | None = None) -> None:
         self._end(key, "failed", metrics or {}, error)
+
+    def skip(self, key: str, reason: str) -> None:
+        """The run cannot be done as configured (e.g. the method does not apply to the model)."""
+        self._end(key, "skipped", {}, reason)
 
     def _end(self, key: str, status: Status, metrics: dict[str, Any], error: str) -> None:
         with self._connect() as db:
@@ -84,20 +94,26 @@ class ResultStore:
 
     def get(self, key: str) -> RunRecord | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (key,)).fetchone()
         return _record(row) if row else None
 
     def is_done(self, key: str) -> bool:
+        """Finished for good: ``done``, or ``skipped`` because the method cannot apply."""
         record = self.get(key)
-        return record is not None and record.status == "done"
+        return record is not None and record.status in ("done", "skipped")
 
     def records(self, status: Status | None = None) -> list[RunRecord]:
-        query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY started"
+        query = f"SELECT {_COLUMNS} FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY started"
         with self._connect() as db:
             rows = db.execute(query, (status,) if status else ()).fetchall()
         return [_record(row) for row in rows]
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
-    key, config, status, metrics, error, started, finished = row
-    return RunRecord(key, json.loads(config), status, json.loads(metrics), error, started, finished)
+    key, config, status, metrics, environment, error, started, finished = row
+    loads = json.loads
+    return RunRecord(key, loads(config), status, loads(metrics), loads(environment), error, started, finished)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -32,7 +32,7 @@ from cnnkit.core.loop import MethodRunner
 from cnnkit.core.method import Method, MethodStack, create_method
 from cnnkit.core.plugins import get_registries
 
-__all__ = ["RunFailed", "Trainer", "run"]
+__all__ = ["RunFailed", "Trainer", "environment", "measure_latency", "run"]
 
 SCORING_BATCHES = 10
 
@@ -48,6 +48,9 @@ class _State:
     best_val_top1: float = -1.0
     best_epoch: int = -1
     best_state: dict[str, Any] | None = None
+    best_val: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    train_samples: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -82,13 +85,20 @@ def build_datasets(cfg: RunConfig) -> dict[str, Dataset[Any]]:
     return {role: factory(split=split, **kwargs) for role, split in splits.items()}
 
 
-def build_model(cfg: RunConfig) -> nn.Module:
-    """The model factory called with ``num_classes`` / ``in_channels`` from the dataset spec (overridable)."""
+def build_model(cfg: RunConfig, train_set: Dataset[Any] | None = None) -> nn.Module:
+    """The model factory called with ``num_classes`` / ``in_channels`` of the data (``model_args`` override).
+
+    They are read from ``train_set`` when given (its first input's channels and its ``num_classes``), so
+    dataset options that change them (e.g. the synthetic ``shape``) are honoured; else from the dataset spec.
+    """
     spec = get_registries().datasets.get(cfg.dataset)
     defaults: dict[str, Any] = {}
-    if spec.num_classes is not None:
-        defaults["num_classes"] = spec.num_classes
-    if spec.input_shape is not None:
+    num_classes = getattr(train_set, "num_classes", None) or spec.num_classes
+    if num_classes is not None:
+        defaults["num_classes"] = int(num_classes)
+    if train_set is not None:
+        defaults["in_channels"] = int(train_set[0][0].shape[0])
+    elif spec.input_shape is not None:
         defaults["in_channels"] = spec.input_shape[0]
     factory = get_registries().models.get(cfg.model).load()
     model: nn.Module = factory(**{**defaults, **cfg.model_args})
@@ -151,7 +161,7 @@ class Trainer:
         if cfg.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        model = build_model(cfg).to(self.device)
+        model = build_model(cfg, self.data["train"]).to(self.device)
         if self.cuda and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         example = next(iter(_loader(self.data["train"], cfg, shuffle=False, seed=0, batch_size=2)))[0]
@@ -222,6 +232,9 @@ class Trainer:
             "best_epoch": s.best_epoch,
             "best_state": s.best_state,
             "history": s.history,
+            "best_val": s.best_val,
+            "train_seconds": s.train_seconds,
+            "train_samples": s.train_samples,
             "config_key": self.cfg.key(),
             "rng": torch.get_rng_state(),
         }
@@ -250,6 +263,9 @@ class Trainer:
             best_epoch=blob["best_epoch"],
             best_state=blob["best_state"],
             history=blob["history"],
+            best_val=blob["best_val"],
+            train_seconds=blob["train_seconds"],
+            train_samples=blob["train_samples"],
         )
         self.ctx.step, self.ctx.epoch = self.state.step, self.state.epoch
         return True
@@ -300,10 +316,15 @@ class Trainer:
             disable=not self.cfg.progress,
             desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}",
         )
+        started = time.perf_counter()
         for x, y in bar:
             loss = self._train_step(x, y)
             total, count = total + loss * len(y), count + len(y)
             bar.set_postfix(loss=f"{loss:.3f}")
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.state.train_seconds += time.perf_counter() - started
+        self.state.train_samples += count
         self.runner.end_epoch()
         self.state.epoch += 1
         record = {"epoch": float(self.state.epoch), "train_loss": total / max(1, count)}
@@ -313,6 +334,7 @@ class Trainer:
             if val["top1"] > self.state.best_val_top1:
                 self.state.best_val_top1, self.state.best_epoch = val["top1"], self.state.epoch
                 self.state.best_state = copy.deepcopy(self.model.state_dict())
+                self.state.best_val = val
         self.state.history.append(record)
         self._save()
 
@@ -364,44 +386,63 @@ class Trainer:
         test = self.evaluate(deployed, self.data["test"])
         params = count_params(deployed)
         flops = count_flops(deployed, self.ctx.example_input[:1])
+        has_val = "val" in self.data
         metrics: dict[str, Any] = {
             "test_top1": test["top1"],
             "test_top5": test["top5"],
             "test_loss": test["loss"],
-            "best_val_top1": self.state.best_val_top1 if "val" in self.data else None,
-            "best_epoch": self.state.best_epoch if "val" in self.data else self.state.epoch,
+            "val_top1": self.state.best_val.get("top1") if has_val else None,
+            "val_top5": self.state.best_val.get("top5") if has_val else None,
+            "val_loss": self.state.best_val.get("loss") if has_val else None,
+            "best_val_top1": self.state.best_val_top1 if has_val else None,
+            "best_epoch": self.state.best_epoch if has_val else self.state.epoch,
             "train_loss": self.state.history[-1]["train_loss"] if self.state.history else None,
+            "train_samples_per_s": self.state.train_samples / max(self.state.train_seconds, 1e-9),
             "params_total": params.total,
             "params_nonzero": params.nonzero,
             "params_trainable": params.trainable,
             "macs": flops.macs,
+            "flops": flops.flops,
             "effective_macs": flops.effective_macs,
+            "sparsity": 1.0 - params.nonzero / max(1, params.total),
             "epochs": self.state.epoch,
             "steps": self.state.step,
             "device": str(self.device),
             **stats,
         }
         if self.cfg.measure_latency:
-            metrics.update(measure_speed(deployed, self.ctx.example_input[:1], self.cfg.eval_batch_size))
+            metrics.update(measure_latency(deployed, self.ctx.example_input[:1], self.device))
         metrics["peak_memory_mb"] = peak_memory_mb(self.device)
         return metrics
 
 
-def measure_speed(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Latency (ms, batch 1, median) and throughput (images/s at ``batch_size``) via torch.utils.benchmark."""
+LATENCY_BATCHES = (1, 64)
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Median latency (ms) at batch 1 and 64 on CPU, and on the GPU when the run used one
+    (``torch.utils.benchmark``, which synchronizes CUDA), plus CPU throughput (images/s) at batch 64."""
+    out: dict[str, float] = {}
+    targets = [("cpu", torch.device("cpu"))] + ([("gpu", device)] if device.type == "cuda" else [])
+    for label, target in targets:
+        copy_on_target = copy.deepcopy(model).to(target).eval()
+        for batch in LATENCY_BATCHES:
+            x = example[:1].to(target).expand(batch, *example.shape[1:]).contiguous()
+            median = _median_seconds(copy_on_target, x)
+            out[f"{label}_latency_ms_b{batch}"] = median * 1000.0
+            if batch == LATENCY_BATCHES[-1]:
+                out[f"{label}_throughput"] = batch / median
+    return out
+
+
+def _median_seconds(model: nn.Module, x: torch.Tensor) -> float:
     from torch.utils import benchmark
 
-    model.eval()
-    out: dict[str, float] = {}
-    batch = example.expand(batch_size, *example.shape[1:]).contiguous()
+    timer = benchmark.Timer(
+        stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads()
+    )
     with torch.no_grad():
-        for name, x in (("latency_ms", example), ("throughput", batch)):
-            timer = benchmark.Timer(
-                stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads()
-            )
-            median = timer.blocked_autorange(min_run_time=0.2).median
-            out[name] = median * 1000.0 if name == "latency_ms" else batch_size / median
-    return out
+        return float(timer.blocked_autorange(min_run_time=0.2).median)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -415,3 +456,37 @@ def peak_memory_mb(device: torch.device) -> float:
 def run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train one configuration and return its metrics (raises :class:`RunFailed` on a failed run)."""
     return Trainer(cfg, run_dir).fit()
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """Where a run ran: Python, torch, cnnkit package versions, device name and git revision."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.startswith("cnnkit-") or name in {"torchvision", "numpy"}:
+            env[name] = dist.version
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name(0)
+    env["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        here = Path(__file__).resolve().parent
+        revision = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        env["git_revision"] = revision.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_revision"] = None
+    return env

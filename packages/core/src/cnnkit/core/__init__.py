@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cnnkit.core.method import (
         IncompatibleMethodsError,
         Method,
+        MethodNotApplicableError,
         MethodStack,
         build_param_groups,
         create_method,
@@ -46,6 +47,7 @@ _LAZY: dict[str, str] = {
     "get_mask": "cnnkit.core.masks",
     "IncompatibleMethodsError": "cnnkit.core.method",
     "Method": "cnnkit.core.method",
+    "MethodNotApplicableError": "cnnkit.core.method",
     "MethodStack": "cnnkit.core.method",
     "build_param_groups": "cnnkit.core.method",
     "create_method": "cnnkit.core.method",

@@ -35,6 +35,7 @@ from cnnkit.core.context import Context
 __all__ = [
     "IncompatibleMethodsError",
     "Method",
+    "MethodNotApplicableError",
     "MethodStack",
     "create_method",
 ]
@@ -42,6 +43,13 @@ __all__ = [
 
 class IncompatibleMethodsError(ValueError):
     """Two methods cannot be combined (raised by :meth:`MethodStack.apply`)."""
+
+
+class MethodNotApplicableError(ValueError):
+    """A method cannot act on this model (e.g. it needs residual stages the model does not have).
+
+    Raise it from :meth:`Method.apply` with the reason; the bench records such a run as *skipped*, not failed.
+    """
 
 
 class Method:
