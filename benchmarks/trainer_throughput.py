@@ -23,8 +23,9 @@ warm-up also checks that both contenders trained identically (same mean training
 contenders alternate ``--repeats`` times (ABBA order, so drift in machine load is shared) and the ratio of
 the medians, ``trainer / hand-written``, is printed as the last line. Goal: >= 0.97.
 
-Run ``python benchmarks/trainer_throughput.py --help`` for the options; ``--profile`` prints a cProfile
-of one extra trainer run.
+The learning rate (``--lr``, default 0.01) does not change the work per step; too high a value makes the
+trainer stop on a non-finite loss. ``--profile`` adds a cProfile of the training steps of one extra trainer
+run (setup and evaluation excluded). Run ``python benchmarks/trainer_throughput.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -48,9 +49,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnkit.bench.runconfig import RunConfig
 from cnnkit.bench.sweep import make_run_config
-from cnnkit.bench.trainer import Trainer, build_datasets, build_model, resolve_device, seed_everything
+from cnnkit.bench.trainer import (
+    RunFailed,
+    Trainer,
+    build_datasets,
+    build_model,
+    resolve_device,
+    seed_everything,
+)
 
 GOAL = 0.97
+#: max/min of one contender's measurements above which the report warns of a noisy machine.
+NOISY_SPREAD = 1.10
 #: (batch size, steps) when not given: small on CPU (a shared 2-core machine finishes in minutes),
 #: longer on CUDA, where 30 steps would last a fraction of a second.
 DEFAULTS = {"cpu": (64, 30), "cuda": (128, 200)}
@@ -64,12 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps; default 30 on CPU, 200 on CUDA")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per contender (default 3)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.01, help="any value that keeps the loss finite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--no-deterministic", action="store_true", help="run both without deterministic algorithms"
     )
-    parser.add_argument("--profile", action="store_true", help="also cProfile one trainer run")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one trainer run's steps")
     return parser.parse_args(argv)
 
 
@@ -212,11 +222,23 @@ def measure(cfg: RunConfig, repeats: int) -> dict[str, list[float]]:
     return results
 
 
-def profile_trainer(cfg: RunConfig, top: int = 25) -> None:
+class _ProfiledTrainer(Trainer):
+    """A trainer whose training epochs (the timed part) run under ``profiler``."""
+
     profiler = cProfile.Profile()
-    profiler.runcall(time_trainer, cfg)
-    print(f"\ncProfile of one trainer run (top {top} by cumulative time):")
-    pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+
+    def _train_epoch(self) -> None:
+        self.profiler.enable()
+        try:
+            super()._train_epoch()
+        finally:
+            self.profiler.disable()
+
+
+def profile_trainer(cfg: RunConfig, top: int = 25) -> None:
+    _ProfiledTrainer(cfg).fit()
+    print(f"\ncProfile of the training steps of one trainer run (top {top} by own time):")
+    pstats.Stats(_ProfiledTrainer.profiler, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -231,21 +253,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def load_average() -> str:
+    try:
+        return " ".join(f"{load:.2f}" for load in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def describe_machine(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return (
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-        f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({name})"
+        f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({name}), "
+        f"load average {load_average()}"
     )
 
 
 def describe_run(cfg: RunConfig, steps: int, device: torch.device) -> str:
     cuda = device.type == "cuda"
     precision = f"bf16 autocast={cfg.amp}, channels_last={cfg.channels_last}" if cuda else "fp32"
+    data_args = "".join(f" {k}={v}" for k, v in cfg.dataset_args.items())
+    asked = cfg.max_steps_per_epoch or steps
+    capped = f" (all the dataset has; asked {asked})" if steps < asked else ""
+    opt = cfg.optimizer
     return (
-        f"run: model {cfg.model}, dataset {cfg.dataset} {dict(cfg.dataset_args) or ''}, "
-        f"batch {cfg.batch_size}, "
-        f"{steps} steps, SGD lr {cfg.optimizer.lr} momentum 0.9 wd 5e-4 + per-step cosine LambdaLR, "
+        f"run: model {cfg.model}, dataset {cfg.dataset}{data_args}, batch {cfg.batch_size}, "
+        f"{steps} steps{capped}, SGD lr {opt.lr} momentum {opt.momentum} "
+        f"nesterov {opt.nesterov} wd {opt.weight_decay} + per-step cosine LambdaLR, "
         f"{precision}, num_workers {cfg.num_workers}, "
         f"deterministic algorithms {'on' if deterministic_setting(cfg) else 'off'} (both contenders)"
     )
@@ -254,8 +288,11 @@ def describe_run(cfg: RunConfig, steps: int, device: torch.device) -> str:
 def report(results: dict[str, list[float]]) -> float:
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name, median in medians.items():
-        spread = f"min {min(results[name]):.1f}, max {max(results[name]):.1f}"
-        print(f"median {name:<12} {median:9.1f} samples/s  ({spread})")
+        extremes = f"min {min(results[name]):.1f}, max {max(results[name]):.1f}"
+        print(f"median {name:<12} {median:9.1f} samples/s  ({extremes})")
+    spread = max(max(values) / min(values) for values in results.values())
+    if spread > NOISY_SPREAD:
+        print(f"note: measurements vary up to {spread - 1:.0%} (busy machine?); rerun with more --repeats")
     ratio = medians["trainer"] / medians["hand-written"]
     print(f"ratio trainer/hand-written: {ratio:.3f} (goal >= {GOAL})")
     return ratio
@@ -268,10 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = planned_steps(cfg, build_datasets(cfg)["train"])
     print(describe_machine(device))
     print(describe_run(cfg, steps, device), flush=True)
-    warm_up(cfg)
-    results = measure(cfg, args.repeats)
-    if args.profile:
-        profile_trainer(cfg)
+    try:
+        warm_up(cfg)
+        results = measure(cfg, args.repeats)
+        if args.profile:
+            profile_trainer(cfg)
+    except RunFailed as exc:
+        print(f"the trainer stopped: {exc}; pass a lower --lr (throughput does not depend on it)")
+        return 2
+    print(f"load average after: {load_average()}")
     report(results)
     return 0
 

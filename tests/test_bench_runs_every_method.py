@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,8 @@ import pytest
 
 from cnnkit.bench.runconfig import MethodRef, RunConfig
 from cnnkit.bench.trainer import run
-from cnnkit.core import MethodNotApplicableError, ModelSpec, hookimpl
-from cnnkit.core.plugins import get_registries, reset_registries
+from cnnkit.core import MethodNotApplicableError
 from cnnkit.core.testing import registered_method_names
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class _TinyModel:
-    @hookimpl
-    def cnnkit_register_models(self, registry: Any) -> None:
-        registry.add(
-            ModelSpec(name="tiny_resnet", target="cnnkit.core.testing:TinyResNet", input_shape=(3, 16, 16))
-        )
-
-
-@pytest.fixture
-def registries() -> Iterator[Any]:
-    reset_registries()
-    registries = get_registries()
-    registries.register_plugin(_TinyModel())
-    yield registries
-    reset_registries()
 
 
 def tiny_config(method: MethodRef | None) -> RunConfig:
@@ -71,23 +50,7 @@ def test_method_trains_through_the_bench(registries: Any, name: str) -> None:
     assert metrics["params_total"] > 0 and metrics["effective_macs"] <= metrics["macs"] * 1.5
 
 
-def test_third_party_method_runs_through_the_cli(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    install = [
-        sys.executable,
-        "-m",
-        "uv",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-build-isolation",
-        "--python",
-        sys.executable,
-        "--target",
-        str(site),
-        str(ROOT / "examples" / "noisy-features"),
-    ]
-    assert subprocess.run(install, capture_output=True, check=False).returncode == 0
+def test_third_party_method_runs_through_the_cli(installed_example: Path, tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
@@ -110,7 +73,11 @@ def test_third_party_method_runs_through_the_cli(tmp_path: Path) -> None:
         "--no-progress",
     ]
     result = subprocess.run(
-        command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(site)}
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(installed_example)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| resnet20 | synthetic | feature_noise:sigma=0.2 | 1 |" in result.stdout

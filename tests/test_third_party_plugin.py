@@ -13,33 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "noisy-features"
-
-
-@pytest.fixture(scope="module")
-def installed_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    command = [
-        sys.executable,
-        "-m",
-        "uv",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-build-isolation",
-        "--python",
-        sys.executable,
-        "--target",
-        str(target),
-        str(EXAMPLE),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert (target / "noisy_features" / "plugin.py").is_file()
-    return target
 
 
 def child(code: str, site: Path, *args: str) -> subprocess.CompletedProcess[str]:

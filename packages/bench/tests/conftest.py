@@ -7,18 +7,10 @@ from typing import Any
 
 import pytest
 
-from cnnkit.core import ModelSpec, hookimpl
 from cnnkit.core.plugins import get_registries, reset_registries
+from cnnkit.core.testing import TinyModelsPlugin
 
 pytest_plugins = ["cnnkit.core.testing"]
-
-
-class _TestModels:
-    @hookimpl
-    def cnnkit_register_models(self, registry: Any) -> None:
-        registry.add(
-            ModelSpec(name="tiny_resnet", target="cnnkit.core.testing:TinyResNet", input_shape=(3, 16, 16))
-        )
 
 
 @pytest.fixture
@@ -26,7 +18,7 @@ def registries() -> Iterator[Any]:
     """Fresh registries with the test-only model ``tiny_resnet`` added."""
     reset_registries()
     registries = get_registries()
-    registries.register_plugin(_TestModels())
+    registries.register_plugin(TinyModelsPlugin())
     yield registries
     reset_registries()
 

@@ -313,7 +313,7 @@ class Trainer:
             self._batches(),
             total=self.steps_per_epoch,
             leave=False,
-            disable=not self.cfg.progress,
+            disable=None if self.cfg.progress else True,  # None: off when stderr is no terminal
             desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}",
         )
         started = time.perf_counter()

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from cnnkit.core.context import Batch, Context
+from cnnkit.core.hookspecs import hookimpl
 from cnnkit.core.loop import MethodRunner
 from cnnkit.core.method import Method
+from cnnkit.core.specs import ModelSpec
 
 __all__ = [
     "TINY_MODELS",
@@ -147,6 +149,36 @@ def method_factory(name: str, **overrides: Any) -> Callable[[], Method]:
     cls = get_registries().methods.get(name).load()
     config = {**getattr(cls, "contract_config", {}), **overrides}
     return lambda: create_method(name, **config)
+
+
+class TinyModelsPlugin:
+    """A plugin object registering the tiny CNNs as models ``tiny_resnet`` and ``tiny_vgg`` (16×16 inputs),
+    for tests that drive the bench: ``get_registries().register_plugin(TinyModelsPlugin())``."""
+
+    @hookimpl
+    def cnnkit_register_models(self, registry: Any) -> None:
+        for name in sorted(TINY_MODELS):
+            target = f"{__name__}:{TINY_MODELS[name].__name__}"
+            registry.add(
+                ModelSpec(name=name, target=target, input_shape=INPUT_SHAPE, summary="test-only CNN")
+            )
+
+
+def check_distribution_plugin(distribution: str, entry_point: str) -> None:
+    """The distribution's plugin loads through its entry point in strict mode, reports the installed
+    version, and every method it registers can be created with its defaults under its own name."""
+    from importlib import metadata
+
+    from cnnkit.core.method import create_method
+    from cnnkit.core.plugins import build_registries
+
+    registries = build_registries(strict=True)
+    assert not registries.failed, registries.failed
+    info = registries.plugins[entry_point]
+    assert info.distribution == distribution, info
+    assert info.version == metadata.version(distribution)
+    for name in registered_method_names(distribution=distribution):
+        assert create_method(name).name == name
 
 
 # -- contract checks ----------------------------------------------------------------------------------
