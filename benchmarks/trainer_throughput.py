@@ -12,8 +12,9 @@ steps, for two contenders that do the same work:
   size, shuffle generator seed and ``num_workers``; SGD with the same lr / momentum 0.9 / no Nesterov /
   weight decay 5e-4; a per-step cosine ``LambdaLR`` like the trainer's; cross-entropy; ``model.train()``.
   On CUDA it uses the trainer's bfloat16 autocast and channels_last model and inputs. The loop does not
-  synchronise per step (no ``loss.item()``); CUDA is synchronised once at the end. Its timed region is
-  the trainer's: from creating the loader to the last optimizer/scheduler step.
+  synchronise per step (no ``loss.item()``); CUDA is synchronised once at the end. It loads exactly the
+  batches it trains on (``itertools.islice``). Its timed region is the trainer's: from creating the loader
+  to the last optimizer/scheduler step.
 
 Both contenders build a fresh model, optimizer and loader per measurement (setup is not timed), and both
 run under the same ``torch.use_deterministic_algorithms`` setting: the trainer's rule (on when
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import itertools
 import math
 import os
 import platform
@@ -78,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--no-deterministic", action="store_true", help="run both without deterministic algorithms"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is steadier when shared",
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile one trainer run's steps")
     return parser.parse_args(argv)
@@ -172,9 +180,7 @@ def _hand_loop(cfg: RunConfig, *, track_loss: bool) -> tuple[float, float | None
         generator=torch.Generator().manual_seed(cfg.seed * 100_003),  # the trainer's seed for epoch 0
         num_workers=cfg.num_workers,
     )
-    for step, (x, y) in enumerate(loader):
-        if step >= steps:
-            break
+    for x, y in itertools.islice(loader, steps):  # loads exactly `steps` batches
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -300,6 +306,8 @@ def report(results: dict[str, list[float]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = make_config(args, device)
     steps = planned_steps(cfg, build_datasets(cfg)["train"])

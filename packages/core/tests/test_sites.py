@@ -570,3 +570,17 @@ def test_a_model_declaring_no_stages_has_no_sites_and_says_so() -> None:
     assert find_sites(mlp) == []
     with pytest.raises(ValueError, match="declares no stages"):
         find_sites(mlp, stages=[1])
+
+
+def test_detection_backbones_and_frozen_bns_are_found() -> None:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    sites = find_sites(detector, stages=[4], kind="bn")
+    assert len(sites) == 9
+    assert sites[0].name == "backbone.body.layer4.0.bn1"
+    frozen = models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)  # as in pretrained detectors
+    frozen_sites = find_sites(frozen, stages=[4], kind="bn")
+    assert len(frozen_sites) == 9
+    assert all(isinstance(s.module, FrozenBatchNorm2d) for s in frozen_sites)

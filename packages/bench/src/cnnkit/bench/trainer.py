@@ -12,6 +12,7 @@ Choices (documented for users):
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import random
@@ -296,9 +297,7 @@ class Trainer:
             seed=self.cfg.seed * 100_003 + self.state.epoch,
             batch_size=self.cfg.batch_size,
         )
-        for i, (x, y) in enumerate(loader):
-            if i >= self.steps_per_epoch:
-                return
+        for x, y in itertools.islice(loader, self.steps_per_epoch):  # never loads an unused batch
             x = x.to(self.device, non_blocking=True)
             if self.cuda and self.cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -345,9 +344,10 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
             output = self.model(x)
             loss = runner.loss(self.model, output.float(), y)
-        if not torch.isfinite(loss.detach()):
+        value = float(loss.detach())  # the step's only host-device synchronization
+        if not math.isfinite(value):
             raise RunFailed(
-                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}: "
+                f"loss became {value} at epoch {self.state.epoch + 1}, step {self.state.step}: "
                 "the run is stopped (try a lower learning rate)"
             )
         loss.backward()  # type: ignore[no-untyped-call]
@@ -356,7 +356,7 @@ class Trainer:
         runner.after_step()
         self.scheduler.step()
         self.state.step += 1
-        return float(loss.detach())
+        return value
 
     # -- evaluation and metrics ----------------------------------------------------------------------
     @torch.no_grad()

@@ -41,7 +41,8 @@ Site kinds
   last module for "after" (the ReLU in VGG's conv→BN→ReLU) and its convolution for "before". Pools and
   other layers belong to no unit.
 - ``"conv"``: every :class:`~torch.nn.Conv2d` inside the stage, ``"bn"``: every
-  :class:`~torch.nn.BatchNorm2d` (and :class:`~torch.nn.SyncBatchNorm`). Modules under a child named
+  :class:`~torch.nn.BatchNorm2d` (also ``SyncBatchNorm`` and torchvision's ``FrozenBatchNorm2d``). Modules
+  under a child named
   ``downsample`` or ``shortcut`` (residual projections) are left out unless ``include_shortcuts=True``.
 
 Sites come in model order (``named_modules`` order). ``Site.name`` is the qualified name of the module
@@ -86,6 +87,15 @@ _KINDS: tuple[str, ...] = ("conv", "bn", "block", "stage")
 _POSITIONS: tuple[str, ...] = ("before", "after")
 _SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
 _BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm)
+# Frozen BNs of detection backbones (torchvision.ops.FrozenBatchNorm2d), matched by name: core does not
+# import torchvision.
+_BN_CLASS_NAMES = frozenset({"FrozenBatchNorm2d"})
+
+
+def _is_bn(module: nn.Module) -> bool:
+    return isinstance(module, _BN_TYPES) or type(module).__name__ in _BN_CLASS_NAMES
+
+
 _POOL_TYPES: tuple[type[nn.Module], ...] = (
     nn.MaxPool2d,
     nn.AvgPool2d,
@@ -456,14 +466,12 @@ def _stage_sites(
         else:
             items = members
         return _block_sites(items, position)
-    types: tuple[type[nn.Module], ...] = (nn.Conv2d,) if kind == "conv" else _BN_TYPES
+    matches = (lambda m: isinstance(m, nn.Conv2d)) if kind == "conv" else _is_bn
     found: list[tuple[str, nn.Module]] = []
     for member_name, member in members:
         for name, module in iter_named_modules(member, member_name):
             relative = name[len(member_name) :].split(".")
-            if isinstance(module, types) and (
-                include_shortcuts or not _SHORTCUT_NAMES.intersection(relative)
-            ):
+            if matches(module) and (include_shortcuts or not _SHORTCUT_NAMES.intersection(relative)):
                 found.append((name, module))
     return found
 
