@@ -155,3 +155,12 @@ def test_duplicate_across_plugins_skips_the_second_and_names_both(
     assert "a-dist 1.0" in message and "b-dist 1.0" in message and "registered twice" in message
     assert registries.methods.source("goodmethod").startswith("a-dist")
     assert "goodmodel" in registries.models and registries.models.source("goodmodel").startswith("a-dist")
+
+
+def test_public_names_are_all_listed_and_resolve() -> None:
+    import cnnkit.core as core
+
+    lazy = set(core._LAZY)
+    assert set(core.__all__) == lazy | {"__version__", "hookimpl"}
+    for name in core.__all__:
+        assert getattr(core, name) is not None

@@ -67,7 +67,43 @@ _LAZY: dict[str, str] = {
     "ModelSpec": "cnnkit.core.specs",
 }
 
-__all__ = ["__version__", "hookimpl", *sorted(_LAZY)]
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "ConfigError",
+    "Context",
+    "DatasetSpec",
+    "DuplicateNameError",
+    "FlopCount",
+    "IncompatibleMethodsError",
+    "Method",
+    "MethodConfig",
+    "MethodNotApplicableError",
+    "MethodRunner",
+    "MethodSpec",
+    "MethodStack",
+    "MetricSpec",
+    "ModelSpec",
+    "ParamCount",
+    "PluginError",
+    "PluginWarning",
+    "Registries",
+    "Registry",
+    "Site",
+    "UnknownNameError",
+    "apply_mask",
+    "bake_masks",
+    "build_param_groups",
+    "count_flops",
+    "count_params",
+    "create_method",
+    "enforce_masks",
+    "find_sites",
+    "get_mask",
+    "get_registries",
+    "report_macs",
+    "reset_registries",
+]
 
 
 def __getattr__(name: str) -> Any:
