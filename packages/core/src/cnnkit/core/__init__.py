@@ -68,8 +68,6 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "__version__",
-    "hookimpl",
     "ConfigError",
     "Context",
     "DatasetSpec",
@@ -91,6 +89,7 @@ __all__ = [
     "Registry",
     "Site",
     "UnknownNameError",
+    "__version__",
     "apply_mask",
     "bake_masks",
     "build_param_groups",
@@ -101,6 +100,7 @@ __all__ = [
     "find_sites",
     "get_mask",
     "get_registries",
+    "hookimpl",
     "report_macs",
     "reset_registries",
 ]
