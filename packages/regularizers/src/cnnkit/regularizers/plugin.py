@@ -1,7 +1,39 @@
-"""cnnkit-regularizers's plugin: the table of contents of this distribution.
+"""cnnkit-regularizers' plugin: the table of contents of this distribution.
 
-It imports only ``cnnkit.core`` and adds specs; implementations are named by target strings and imported
-on first use. The methods of this package arrive in their own issues; until then it registers nothing.
+It imports only ``cnnkit.core`` and adds specs; each method's module is imported on first use.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from cnnkit.core.hookspecs import hookimpl
+from cnnkit.core.specs import MethodSpec
+
+_CAKAJ = "Cakaj, Mehnert, Yang"
+
+METHOD_SPECS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        name="sr",
+        kind="regularizer",
+        target="cnnkit.regularizers.sr:SR",
+        summary="Squeeze-and-Remember: a softmax-weighted sum of learned memory maps added after stage M.",
+        paper=f"{_CAKAJ}. Squeeze-and-Remember Block. ICMLA 2024. arXiv:2410.00823",
+        tags=("block", "memory", "stage"),
+    ),
+    MethodSpec(
+        name="wc",
+        kind="regularizer",
+        target="cnnkit.regularizers.wc:WC",
+        summary="Weight Compander: every conv/linear weight as w = a·arctan(v/b); folded away at export.",
+        paper=f"{_CAKAJ}. Weight Compander: A Simple Weight Reparameterization for Regularization. "
+        "IJCNN 2023. arXiv:2306.16993",
+        tags=("reparametrization", "weight-decay", "demo"),
+    ),
+)
+
+
+@hookimpl
+def cnnkit_register_methods(registry: Any) -> None:
+    for spec in METHOD_SPECS:
+        registry.add(spec)
