@@ -14,6 +14,24 @@ _CAKAJ = "Cakaj, Mehnert, Yang"
 
 METHOD_SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
+        name="sbn",
+        kind="regularizer",
+        target="cnnkit.regularizers.sbn:SBN",
+        summary="Spectral Batch Normalization: normalize the rfft2 coefficients after each BN of a stage.",
+        paper=f"{_CAKAJ}. Spectral Batch Normalization: Normalization in the Frequency Domain. IJCNN 2023. "
+        "arXiv:2306.16999",
+        tags=("normalization", "spectral", "fft"),
+    ),
+    MethodSpec(
+        name="sfd",
+        kind="regularizer",
+        target="cnnkit.regularizers.sfd:SFD",
+        summary="Spectral (DCT) dropout, 1-D or 2-D: zero the weakest eta coefficients, drop the rest.",
+        paper="Khan, Hayat, Porikli. Regularization of Deep Neural Networks with Spectral Dropout. Neural "
+        "Networks 110:82-90, 2019. arXiv:1711.08591 (as described in the SWD paper, arXiv:2409.18951)",
+        tags=("dropout", "spectral", "dct", "training-only"),
+    ),
+    MethodSpec(
         name="sr",
         kind="regularizer",
         target="cnnkit.regularizers.sr:SR",
