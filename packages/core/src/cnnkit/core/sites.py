@@ -76,6 +76,7 @@ __all__ = [
     "find_sites",
     "insert_at",
     "iter_named_modules",
+    "require_sites",
     "stage_names",
     "unwrap_inserted",
 ]
@@ -555,3 +556,29 @@ def unwrap_inserted(model: nn.Module, predicate: Callable[[nn.Module], bool] | N
         return module
 
     return strip(model)
+
+
+def require_sites(
+    model: nn.Module,
+    *,
+    method: str,
+    stages: Sequence[int] | None,
+    example_input: torch.Tensor | None = None,
+    **selector: Any,
+) -> list[Site]:
+    """:func:`find_sites` for a method's ``apply``: a model the method cannot act on (missing stages, no
+    matching site) raises :class:`~cnnkit.core.method.MethodNotApplicableError` naming the method, the
+    ``stages`` field and what the model has, so the bench records the run as skipped with that reason."""
+    from cnnkit.core.method import MethodNotApplicableError
+
+    shown = None if stages is None else list(stages)
+    try:
+        sites = find_sites(model, stages=stages, example_input=example_input, **selector)
+    except ValueError as exc:
+        raise MethodNotApplicableError(f"{method}: config field 'stages'={shown}: {exc}") from exc
+    if not sites:
+        kind = selector.get("kind", "block")
+        raise MethodNotApplicableError(
+            f"{method}: stages {shown} of {type(model).__name__} contain no {kind!r} site"
+        )
+    return sites

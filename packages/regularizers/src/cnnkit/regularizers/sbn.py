@@ -40,7 +40,7 @@ from torch import nn
 from cnnkit.core.config import MethodConfig
 from cnnkit.core.context import Context
 from cnnkit.core.method import Method, MethodNotApplicableError
-from cnnkit.core.sites import Inserted, Site, find_sites, insert_at
+from cnnkit.core.sites import Inserted, insert_at, require_sites
 
 __all__ = ["SBN", "FoldedSpectralBatchNorm2d", "SpectralBatchNorm2d"]
 
@@ -205,21 +205,6 @@ def _reference_tensor(bn: nn.Module) -> torch.Tensor | None:
     return next(iter([*bn.parameters(), *bn.buffers()]), None)
 
 
-def _find_method_sites(
-    method: str, model: nn.Module, stages: tuple[int, ...], ctx: Context, **selector: Any
-) -> list[Site]:
-    try:
-        sites = find_sites(model, stages=stages, example_input=ctx.example_input, **selector)
-    except ValueError as exc:
-        raise MethodNotApplicableError(f"{method}: config field 'stages'={list(stages)}: {exc}") from exc
-    if not sites:
-        kind = selector.get("kind", "block")
-        raise MethodNotApplicableError(
-            f"{method}: stages {list(stages)} of {type(model).__name__} contain no {kind!r} site"
-        )
-    return sites
-
-
 class SBN(Method):
     """Spectral Batch Normalization after each BN of the chosen stages.
 
@@ -273,11 +258,11 @@ class SBN(Method):
         )
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        sites = _find_method_sites(
-            self.name,
+        sites = require_sites(
             model,
-            self.config.stages,
-            ctx,
+            method=self.name,
+            stages=self.config.stages,
+            example_input=ctx.example_input,
             kind="bn",
             position="after",
             include_shortcuts=self.config.include_shortcut_bn,

@@ -42,8 +42,8 @@ from torch import nn
 
 from cnnkit.core.config import MethodConfig
 from cnnkit.core.context import Context
-from cnnkit.core.method import Method, MethodNotApplicableError
-from cnnkit.core.sites import Site, find_sites, insert_at, unwrap_inserted
+from cnnkit.core.method import Method
+from cnnkit.core.sites import insert_at, require_sites, unwrap_inserted
 from cnnkit.regularizers._dct import DctImpl, DctNorm, dct, dct_2d, idct, idct_2d
 
 __all__ = ["HIGH_RESOLUTION_PX", "SFD", "SpectralFourierDropout", "num_pruned", "spectral_fourier_dropout"]
@@ -203,22 +203,6 @@ def _check_stages(stages: tuple[int, ...]) -> tuple[int, ...]:
     return stages
 
 
-def _find_method_sites(
-    method: str, model: nn.Module, stages: tuple[int, ...], ctx: Context, **selector: Any
-) -> list[Site]:
-    """:func:`find_sites`, with an unusable model reported as :class:`MethodNotApplicableError`."""
-    try:
-        sites = find_sites(model, stages=stages, example_input=ctx.example_input, **selector)
-    except ValueError as exc:
-        raise MethodNotApplicableError(f"{method}: config field 'stages'={list(stages)}: {exc}") from exc
-    if not sites:
-        kind = selector.get("kind", "block")
-        raise MethodNotApplicableError(
-            f"{method}: stages {list(stages)} of {type(model).__name__} contain no {kind!r} site"
-        )
-    return sites
-
-
 class SFD(Method):
     """Spectral Fourier Dropout layers at every conv of the chosen stages (training only).
 
@@ -278,11 +262,11 @@ class SFD(Method):
         )
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        sites = _find_method_sites(
-            self.name,
+        sites = require_sites(
             model,
-            self.config.stages,
-            ctx,
+            method=self.name,
+            stages=self.config.stages,
+            example_input=ctx.example_input,
             kind="conv",
             position=self.position(ctx),
             include_shortcuts=self.config.include_shortcuts,
