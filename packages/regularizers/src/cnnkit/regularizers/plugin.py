@@ -40,6 +40,15 @@ METHOD_SPECS: tuple[MethodSpec, ...] = (
         tags=("block", "memory", "stage"),
     ),
     MethodSpec(
+        name="swd",
+        kind="regularizer",
+        target="cnnkit.regularizers.swd:SWD",
+        summary="Spectral Wavelet Dropout (1D/2D): drops whole wavelet detail bands of features in training.",
+        paper=f"{_CAKAJ}. Spectral Wavelet Dropout: Regularization in the Wavelet Domain. ICMLA 2024. "
+        "arXiv:2409.18951",
+        tags=("dropout", "wavelet", "spectral", "training-only"),
+    ),
+    MethodSpec(
         name="wc",
         kind="regularizer",
         target="cnnkit.regularizers.wc:WC",
