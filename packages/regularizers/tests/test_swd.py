@@ -350,3 +350,16 @@ def test_export_removes_every_swd_layer_and_keeps_outputs(variant: str) -> None:
     assert method.stats(exported) == {"sites": 0.0}
     assert torch.equal(before, after)
     assert set(exported.state_dict()) == set(TinyResNet().state_dict())
+
+
+def test_auto_position_follows_the_papers_resolution_rule() -> None:
+    from cnnkit.core import Context
+
+    low, high = (
+        Context(example_input=torch.zeros(1, 3, 32, 32)),
+        Context(example_input=torch.zeros(1, 3, 224, 224)),
+    )
+    assert SWD(variant="1d").position(low) == "after"
+    assert SWD(variant="1d").position(high) == "before"
+    assert SWD(variant="2d").position(low) == "before"
+    assert SWD(variant="1d", position="after").position(high) == "after"

@@ -45,16 +45,13 @@ from cnnkit.core.context import Context
 from cnnkit.core.method import Method
 from cnnkit.core.sites import insert_at, require_sites, unwrap_inserted
 from cnnkit.regularizers._dct import DctImpl, DctNorm, dct, dct_2d, idct, idct_2d
+from cnnkit.regularizers._placement import HIGH_RESOLUTION_PX, resolve_position
 
 __all__ = ["HIGH_RESOLUTION_PX", "SFD", "SpectralFourierDropout", "num_pruned", "spectral_fourier_dropout"]
 
 Variant = Literal["1d", "2d"]
 QuantileScope = Literal["sample_channel", "batch_channel"]
 MaskGranularity = Literal["coefficient", "batch"]
-
-HIGH_RESOLUTION_PX = 128
-"""``position="auto"`` with ``variant="1d"`` places layers before convs when the example input's shorter
-side has at least this many pixels (ImageNet-like), else after them (CIFAR-like)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,12 +238,7 @@ class SFD(Method):
 
     def position(self, ctx: Context) -> Literal["before", "after"]:
         """The resolved placement relative to each conv (see ``position="auto"``)."""
-        if self.config.position != "auto":
-            return self.config.position
-        if self.config.variant == "2d":
-            return "before"
-        shorter = min(ctx.example_input.shape[-2:]) if ctx.example_input.dim() >= 3 else 0
-        return "before" if shorter >= HIGH_RESOLUTION_PX else "after"
+        return resolve_position(self.config.position, self.config.variant, ctx.example_input)
 
     def make_layer(self) -> SpectralFourierDropout:
         cfg = self.config

@@ -49,6 +49,7 @@ from torch import nn
 from cnnkit.core import Context, Method, MethodConfig, MethodNotApplicableError
 from cnnkit.core.sites import find_sites, insert_at, unwrap_inserted
 from cnnkit.regularizers import _dwt
+from cnnkit.regularizers._placement import resolve_position
 
 __all__ = ["SWD", "SpectralWaveletDropout"]
 
@@ -236,7 +237,7 @@ class SWD(Method):
         )
         stages: tuple[int, ...] = Field((4,), min_length=1, description="stages (modules) to act in")
         position: Literal["auto", "before", "after"] = Field(
-            "auto", description="relative to each conv; auto = after (1d) / before (2d)"
+            "auto", description="relative to each conv; auto = paper's rule by variant and resolution"
         )
         include_shortcuts: bool = Field(True, description="also at downsample/shortcut convolutions")
         wavelet: str = Field("db3", description="a discrete PyWavelets wavelet")
@@ -260,12 +261,10 @@ class SWD(Method):
     config: Config
     contract_config: ClassVar[Mapping[str, Any]] = MappingProxyType({"stages": (3,)})
 
-    @property
-    def position(self) -> Literal["before", "after"]:
-        """The resolved position: ``"auto"`` is "after" for 1-D and "before" for 2-D."""
-        if self.config.position != "auto":
-            return self.config.position
-        return "after" if self.config.variant == "1d" else "before"
+    def position(self, ctx: Context) -> Literal["before", "after"]:
+        """The resolved position: ``"auto"`` is the paper's rule (see ``_placement``): 1-D after each conv at
+        CIFAR resolution and before it at ImageNet resolution; 2-D always before."""
+        return resolve_position(self.config.position, self.config.variant, ctx.example_input)
 
     def make_layer(self) -> SpectralWaveletDropout:
         """One SWD layer with this method's configuration."""
@@ -286,7 +285,7 @@ class SWD(Method):
                 model,
                 stages=self.config.stages,
                 kind="conv",
-                position=self.position,
+                position=self.position(ctx),
                 example_input=ctx.example_input,
                 include_shortcuts=self.config.include_shortcuts,
             )
