@@ -41,11 +41,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from cnnkit.core.config import MethodConfig
-from cnnkit.core.context import Context
-from cnnkit.core.method import Method
-from cnnkit.core.sites import insert_at, require_sites, unwrap_inserted
 from cnnkit.regularizers._dct import DctImpl, DctNorm, dct, dct_2d, idct, idct_2d
-from cnnkit.regularizers._placement import HIGH_RESOLUTION_PX, resolve_position
+from cnnkit.regularizers._placement import HIGH_RESOLUTION_PX, ConvSiteLayerMethod
 
 __all__ = ["HIGH_RESOLUTION_PX", "SFD", "SpectralFourierDropout", "num_pruned", "spectral_fourier_dropout"]
 
@@ -200,7 +197,7 @@ def _check_stages(stages: tuple[int, ...]) -> tuple[int, ...]:
     return stages
 
 
-class SFD(Method):
+class SFD(ConvSiteLayerMethod):
     """Spectral Fourier Dropout layers at every conv of the chosen stages (training only).
 
     Args:
@@ -235,10 +232,7 @@ class SFD(Method):
             return _check_stages(stages)
 
     config: Config
-
-    def position(self, ctx: Context) -> Literal["before", "after"]:
-        """The resolved placement relative to each conv (see ``position="auto"``)."""
-        return resolve_position(self.config.position, self.config.variant, ctx.example_input)
+    layer_type = SpectralFourierDropout
 
     def make_layer(self) -> SpectralFourierDropout:
         cfg = self.config
@@ -252,23 +246,3 @@ class SFD(Method):
             mask_granularity=cfg.mask_granularity,
             dct_impl=cfg.dct_impl,
         )
-
-    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        sites = require_sites(
-            model,
-            method=self.name,
-            stages=self.config.stages,
-            example_input=ctx.example_input,
-            kind="conv",
-            position=self.position(ctx),
-            include_shortcuts=self.config.include_shortcuts,
-        )
-        for site in sites:
-            insert_at(model, site, self.make_layer())
-        return model
-
-    def export(self, model: nn.Module) -> nn.Module:
-        return unwrap_inserted(model, lambda module: isinstance(module, SpectralFourierDropout))
-
-    def stats(self, model: nn.Module) -> dict[str, float]:
-        return {"sites": float(sum(isinstance(m, SpectralFourierDropout) for m in model.modules()))}

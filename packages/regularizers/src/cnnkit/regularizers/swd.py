@@ -46,10 +46,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from cnnkit.core import Context, Method, MethodConfig, MethodNotApplicableError
-from cnnkit.core.sites import find_sites, insert_at, unwrap_inserted
+from cnnkit.core import MethodConfig
 from cnnkit.regularizers import _dwt
-from cnnkit.regularizers._placement import resolve_position
+from cnnkit.regularizers._placement import ConvSiteLayerMethod
 
 __all__ = ["SWD", "SpectralWaveletDropout"]
 
@@ -214,7 +213,7 @@ def _check_input(x: torch.Tensor) -> None:
         )
 
 
-class SWD(Method):
+class SWD(ConvSiteLayerMethod):
     """Spectral Wavelet Dropout: :class:`SpectralWaveletDropout` layers at every convolution of the chosen
     stages.
 
@@ -259,12 +258,8 @@ class SWD(Method):
             return _check_bands(value)
 
     config: Config
+    layer_type = SpectralWaveletDropout
     contract_config: ClassVar[Mapping[str, Any]] = MappingProxyType({"stages": (3,)})
-
-    def position(self, ctx: Context) -> Literal["before", "after"]:
-        """The resolved position: ``"auto"`` is the paper's rule (see ``_placement``): 1-D after each conv at
-        CIFAR resolution and before it at ImageNet resolution; 2-D always before."""
-        return resolve_position(self.config.position, self.config.variant, ctx.example_input)
 
     def make_layer(self) -> SpectralWaveletDropout:
         """One SWD layer with this method's configuration."""
@@ -278,29 +273,3 @@ class SWD(Method):
             mask_granularity=cfg.mask_granularity,
             impl=cfg.impl,
         )
-
-    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        try:
-            sites = find_sites(
-                model,
-                stages=self.config.stages,
-                kind="conv",
-                position=self.position(ctx),
-                example_input=ctx.example_input,
-                include_shortcuts=self.config.include_shortcuts,
-            )
-        except ValueError as exc:
-            raise MethodNotApplicableError(f"{self.name}: cannot place SWD: {exc}") from exc
-        if not sites:
-            raise MethodNotApplicableError(
-                f"{self.name}: stages={self.config.stages!r} of {type(model).__name__} hold no Conv2d"
-            )
-        for site in sites:
-            insert_at(model, site, self.make_layer())
-        return model
-
-    def export(self, model: nn.Module) -> nn.Module:
-        return unwrap_inserted(model, lambda module: isinstance(module, SpectralWaveletDropout))
-
-    def stats(self, model: nn.Module) -> dict[str, float]:
-        return {"sites": float(sum(isinstance(m, SpectralWaveletDropout) for m in model.modules()))}
