@@ -18,9 +18,15 @@ def torchvision() -> Any:
 
 
 def lenet_300_100() -> nn.Sequential:
-    return nn.Sequential(
+    """LeNet-300-100 with every parameter strictly non-zero (a random init hits an exact 0.0 now and then,
+    which would make the non-zero counts below flaky)."""
+    model = nn.Sequential(
         nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
     )
+    with torch.no_grad():
+        for param in model.parameters():
+            param.uniform_(0.01, 0.1, generator=torch.Generator().manual_seed(param.numel()))
+    return model
 
 
 def exact_mask(shape: torch.Size, kept: int, seed: int = 0) -> torch.Tensor:
