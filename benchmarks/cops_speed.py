@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy
 import torch
+from _machine import cpu_model  # benchmarks/_machine.py (the script's folder is on sys.path)
 from scipy.optimize import linprog
 
 from cnnkit.pruning.cops import CombineResult, CopsLP, build_lp, combine
@@ -47,17 +48,6 @@ class Row:
     result: CombineResult
     highs_s: float | None = None
     highs_value: float | None = None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scores(d: int, seed: int) -> list[torch.Tensor]:
@@ -116,7 +106,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 def report(rows: list[Row], args: argparse.Namespace) -> None:
     print()
     print(
-        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
         f"torch {torch.__version__}, scipy {scipy.__version__}, Python {platform.python_version()}"
     )
     print(

@@ -58,6 +58,7 @@ from typing import Any
 
 import pywt
 import torch
+from _machine import cpu_model  # benchmarks/_machine.py (the script's folder is on sys.path)
 from torch.utils.benchmark.utils.timer import timer as clock
 
 from cnnkit.regularizers import _dwt
@@ -373,22 +374,11 @@ def print_row(row: Row) -> None:
 
 
 def machine(device: torch.device, threads: int) -> str:
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return (
         f"device: {where} | torch threads: {threads} | torch {torch.__version__} | "
         f"python {platform.python_version()}"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summary(rows: list[Row]) -> str:

@@ -54,7 +54,6 @@ import argparse
 import ctypes
 import gc
 import os
-import platform
 import re
 import statistics
 import time
@@ -63,6 +62,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from _machine import (  # benchmarks/_machine.py (the script's folder is on sys.path)
+    describe_machine,
+    load_average,
+)
 from torch import nn
 
 from cnnkit.bench.models.cifar_resnet import resnet18
@@ -356,33 +359,6 @@ def progress(r: int, repeats: int, name: str, seconds: dict[str, float]) -> None
 
 
 # -- report ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{load:.2f}" for load in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def describe_machine(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return (
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-        f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({name}), "
-        f"load average {load_average()}"
-    )
-
-
 def describe_run(args: argparse.Namespace, device: torch.device) -> str:
     precision = "bf16 autocast + channels_last" if device.type == "cuda" else "fp32"
     return (

@@ -36,8 +36,6 @@ import cProfile
 import gc
 import itertools
 import math
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -46,6 +44,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _machine import (  # benchmarks/_machine.py (the script's folder is on sys.path)
+    describe_machine,
+    load_average,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -248,33 +250,6 @@ def profile_trainer(cfg: RunConfig, top: int = 25) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{load:.2f}" for load in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def describe_machine(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return (
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-        f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({name}), "
-        f"load average {load_average()}"
-    )
-
-
 def describe_run(cfg: RunConfig, steps: int, device: torch.device) -> str:
     cuda = device.type == "cuda"
     precision = f"bf16 autocast={cfg.amp}, channels_last={cfg.channels_last}" if cuda else "fp32"
