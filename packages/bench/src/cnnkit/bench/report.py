@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["COLUMNS", "FORMATS", "METRICS", "PLOTS", "aggregate", "render", "write_report"]
+__all__ = ["FORMATS", "METRICS", "PLOTS", "aggregate", "render", "write_report"]
 
 BASELINE = "baseline"
 FORMATS = ("md", "csv", "json")
@@ -68,7 +68,6 @@ METRICS = (
     "peak_memory_mb",
     "wall_time_s",
 )
-COLUMNS = METRICS  # the name used before the report grew plots
 _OPTIONAL_METRICS = frozenset({"gpu_latency_ms_b1"})
 _DELTAS = ("delta_top1", "delta_effective_macs_pct", "delta_latency_pct")
 _TAIL = ("failed", "skipped", "note")

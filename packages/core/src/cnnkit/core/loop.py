@@ -16,6 +16,7 @@ or use the pieces (``before_step``, ``loss``, ``after_backward``, ``after_step``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -80,8 +81,9 @@ class MethodRunner:
         self.before_step(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss(model, model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.ctx.step}; stopping")
+        value = float(loss.detach())  # the step's only host-device synchronization
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {self.ctx.step}; stopping")
         loss.backward()  # type: ignore[no-untyped-call]
         self.after_backward()
         optimizer.step()
