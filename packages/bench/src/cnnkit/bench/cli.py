@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command line: list, show, run, sweep, report, demo.
+"""The ``cnnkit`` command line: list, show, run, sweep, report, demo, reproduce.
 
 Exit codes: 0 success; 1 one or more runs failed; 2 bad usage or configuration; 130 interrupted.
 """
@@ -248,6 +248,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from cnnkit.bench.reproduce import load_preset
+
+    return int(load_preset(args.preset).main(args))
+
+
+def _add_reproduce_parser(sub: Any) -> None:
+    from cnnkit.bench.reproduce import PRESETS
+
+    presets = "; ".join(f"{name}: {summary}" for name, (_, summary) in sorted(PRESETS.items()))
+    p = sub.add_parser("reproduce", help="run a paper's experiment (shortened to fit the machine)")
+    p.add_argument("preset", choices=sorted(PRESETS), help=presets)
+    p.add_argument("--store", default=str(DEFAULT_STORE), help="results folder (default: %(default)s)")
+    p.add_argument("--data-root", help="dataset root (default: $CNNKIT_DATA, then ../shared/data)")
+    p.add_argument("--out", help="folder for the table and plots (default: STORE/reproduce-PRESET)")
+    p.add_argument(
+        "--quick", action="store_true", help="a few steps per run: checks the pipeline, not the claim"
+    )
+    p.set_defaults(func=cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cnnkit.bench.version import __version__
 
@@ -300,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, default=3)
             p.add_argument("--seeds", type=int, default=2)
             p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    _add_reproduce_parser(sub)
     return parser
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "DataPrunerConfig",
     "PrunerConfig",
     "ScoredPruner",
+    "drt_stats",
     "keep_count",
     "normalize_scores",
     "scoring_batches",
@@ -274,6 +275,30 @@ def _forked_rng(model: nn.Module) -> Iterator[None]:
         yield
 
 
+# --------------------------------------------------------------------------------------------- survey view
+
+
+def drt_stats(model: nn.Module, *, seeded_frozen: bool = False) -> dict[str, float]:
+    """The survey's dimensionality-reduced-training counts (METHODS.md §15), shared by every pruner/freezer.
+
+    - ``trained_params`` (D): scalar parameters that training updates -- kept entries of masked tensors
+      plus every other parameter that requires grad (biases, BN, IP bases);
+    - ``dense_params`` (N): scalar parameters of the model with every masked tensor counted dense;
+    - ``trained_fraction``: D / N, the one axis on which the bench puts pruning and freezing methods;
+    - ``stored_params``: values needed to store the trained model besides the mask bits: D, plus one
+      32-bit seed when the untrained background is regenerated from a seed (FreezeNet).
+    """
+    counts = count_params(model)
+    trained = float(counts.trainable)
+    dense = float(counts.total)
+    return {
+        "trained_params": trained,
+        "dense_params": dense,
+        "trained_fraction": trained / dense if dense else 1.0,
+        "stored_params": trained + (1.0 if seeded_frozen else 0.0),
+    }
+
+
 # --------------------------------------------------------------------------------------------- base class
 
 
@@ -385,6 +410,7 @@ class ScoredPruner(Method):
             "kept": float(counts.masked_kept),
             "maskable": float(counts.masked_total),
             "overall_density": counts.density,
+            **drt_stats(model, seeded_frozen=False),
         }
         if self._example is not None:
             flops = count_flops(model, self._example)
