@@ -378,6 +378,20 @@ def test_bake_masks(mode: str) -> None:
     assert grad is not None and bool((grad[masks["0"] == 0] != 0).any()) == (mode == "freeze")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_baking_a_deep_copy_leaves_the_original_working(mode: str) -> None:
+    model, _ = _trained_masked(mode)
+    x, _ = batch(98)
+    with torch.no_grad():
+        expected = model(x)
+    baked = bake_masks(copy.deepcopy(model))
+    assert type(baked[0]) is nn.Conv2d
+    assert parametrize.is_parametrized(model[0])
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)  # torch alone: "no attribute 'weight'" here
+        assert torch.equal(baked(x), expected)
+
+
 def test_bake_then_raw_gradients_unmasked() -> None:
     lin = nn.Linear(4, 3)
     apply_mask(lin, torch.zeros(3, 4), mode="freeze")

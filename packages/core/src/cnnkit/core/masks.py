@@ -64,6 +64,7 @@ __all__ = [
     "mask_optimizer_state",
     "maskable_modules",
     "masked_modules",
+    "remove_parametrizations",
     "restore_masks",
     "set_mask",
 ]
@@ -409,6 +410,20 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
                 value.masked_fill_(~wm.keep(), 0)
 
 
+def remove_parametrizations(module: nn.Module, name: str, *, leave_parametrized: bool = True) -> None:
+    """``torch.nn.utils.parametrize.remove_parametrizations`` that is safe on a ``copy.deepcopy``'d module.
+
+    torch gives each parametrized module a generated class holding one property per parametrized tensor;
+    ``deepcopy`` shares that class between the copy and the original, and removing a parametrization deletes
+    the property from the shared class -- which breaks the original (``no attribute 'weight'``). The module
+    gets a private copy of its class first.
+    """
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
+
+
 def bake_masks(model: nn.Module) -> nn.Module:
     """Replace every masked tensor by a plain parameter equal to its effective weight; return ``model``.
 
@@ -417,7 +432,7 @@ def bake_masks(model: nn.Module) -> nn.Module:
     are removed. Note that *all* parametrizations of a masked tensor are baked, not only the mask.
     """
     for module, name, wm in list(_masks(model)):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        remove_parametrizations(module, name)
         wm.remove_grad_hook()  # afterwards: computing the baked value ran the parametrization's hook check
     return model
 
