@@ -1,6 +1,10 @@
 """The ``cnnkit`` command line: list, show, run, sweep, report, demo, reproduce.
 
 Exit codes: 0 success; 1 one or more runs failed; 2 bad usage or configuration; 130 interrupted.
+
+Scaling out: under ``torchrun`` every rank runs the same command, each run is data-parallel and only rank 0
+opens the results store (:mod:`cnnkit.bench.distributed`); ``sweep --executor ray`` runs each run as a Ray
+task (:mod:`cnnkit.bench.executors`).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,59 +71,57 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from cnnkit.bench.results import ResultStore
+    """The results store; under torchrun only rank 0 opens it (the others get a :class:`NullStore`)."""
+    from cnnkit.bench import distributed
+    from cnnkit.bench.results import NullStore, ResultStore
 
+    if not distributed.is_main():
+        return NullStore()
     return ResultStore(Path(args.store) / "results.sqlite")
 
 
 def execute(
     configs: Iterable[Any], store: Any, runs_dir: Path, *, retry_failed: bool = True
 ) -> tuple[int, int, int, int]:
-    """Run each config not already finished; returns (ran, reused, failed, not applicable).
+    """Run each config not already finished, here; returns (ran, reused, failed, not applicable).
 
-    A failure never stops the sweep: it is recorded with its reason and the next run starts.
+    A failure never stops the sweep: it is recorded with its reason and the next run starts. Under
+    torchrun every rank calls this with the same configs; rank 0 decides which runs are needed.
     """
+    from cnnkit.bench import distributed
+    from cnnkit.bench.executors import label, needs_run, run_local
     from cnnkit.bench.trainer import environment
 
+    main = distributed.is_main()
     counts = {"ran": 0, "reused": 0, "failed": 0, "skipped": 0}
-    env = environment()
+    env = environment() if main else {}
     for cfg in configs:
         key = cfg.key()
-        record = store.get(key)
-        if store.is_done(key) or (record is not None and record.status == "failed" and not retry_failed):
+        if not distributed.broadcast_object(needs_run(store, key, retry_failed=retry_failed)):
             counts["reused"] += 1
             continue
-        label = f"{cfg.model} / {cfg.dataset} / {cfg.method_label()} / seed {cfg.seed}"
-        print(f"run {key}: {label}", file=sys.stderr)
+        if main:
+            print(f"run {key}: {label(cfg)}", file=sys.stderr)
         store.start(key, cfg.model_dump(mode="json"), env)
-        counts[_execute_one(cfg, key, store, runs_dir)] += 1
+        counts[run_local(cfg, key, store, runs_dir, verbose=main)] += 1
     return counts["ran"], counts["reused"], counts["failed"], counts["skipped"]
 
 
-def _execute_one(cfg: Any, key: str, store: Any, runs_dir: Path) -> str:
-    from cnnkit.bench.trainer import RunFailed, run
-    from cnnkit.core.method import MethodNotApplicableError
+def execute_ray(configs: list[Any], store: Any, runs_dir: Path, args: argparse.Namespace) -> tuple[int, ...]:
+    """The sweep's pending runs as Ray tasks (:mod:`cnnkit.bench.executors`); same counts as ``execute``."""
+    from cnnkit.bench.executors import needs_run, run_ray
 
-    try:
-        metrics = run(cfg, runs_dir / key)
-    except KeyboardInterrupt:
-        store.fail(key, "interrupted")
-        raise
-    except MethodNotApplicableError as exc:
-        store.skip(key, str(exc))
-        print(f"  skipped: {exc}", file=sys.stderr)
-        return "skipped"
-    except (RunFailed, ConfigError, UnknownNameError) as exc:
-        store.fail(key, str(exc))
-        print(f"  failed: {exc}", file=sys.stderr)
-        return "failed"
-    except Exception as exc:  # a bug in a method or model must not lose the sweep's other runs
-        store.fail(key, "".join(traceback.format_exception(exc)))
-        print(f"  failed with {type(exc).__name__}: {exc}", file=sys.stderr)
-        return "failed"
-    store.finish(key, metrics)
-    print(f"  test top-1 {metrics['test_top1']:.2f} %", file=sys.stderr)
-    return "ran"
+    todo = [cfg for cfg in configs if needs_run(store, cfg.key(), retry_failed=not args.skip_failed)]
+    counts = run_ray(
+        todo,
+        store,
+        runs_dir,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        num_cpus=args.num_cpus,
+    )
+    return counts["ran"], len(configs) - len(todo), counts["failed"], counts["skipped"]
 
 
 def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,10 +150,13 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-def _finish(store: Any, counts: tuple[int, int, int, int], keys: list[str], *, single: bool = False) -> int:
+def _finish(store: Any, counts: tuple[int, ...], keys: list[str], *, single: bool = False) -> int:
+    from cnnkit.bench import distributed
     from cnnkit.bench.report import aggregate, render
 
     ran, reused, failed, not_applicable = counts
+    if not distributed.is_main():
+        return EXIT_FAILED if failed or (single and not_applicable) else EXIT_OK
     records = [r for r in (store.get(k) for k in keys) if r is not None]
     print(render(aggregate(records), "md"))
     print(
@@ -164,20 +168,34 @@ def _finish(store: Any, counts: tuple[int, int, int, int], keys: list[str], *, s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cnnkit.bench import distributed
     from cnnkit.bench.sweep import make_run_config
 
     cfg = make_run_config(_run_fields(args))
+    distributed.init_from_env(cfg.device)
     store = _store(args)
     return _finish(store, execute([cfg], store, Path(args.store) / "runs"), [cfg.key()], single=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from cnnkit.bench import distributed
     from cnnkit.bench.sweep import expand_sweep, load_config_file
 
     configs = list(expand_sweep(load_config_file(args.config)))
-    print(f"sweep: {len(configs)} run(s)", file=sys.stderr)
+    runs_dir = Path(args.store).resolve() / "runs"
+    if args.executor == "ray":
+        if distributed.launched_by_torchrun():
+            raise ConfigError(
+                "sweep", [("--executor", "'ray' cannot run under torchrun; use one or the other")]
+            )
+        print(f"sweep: {len(configs)} run(s) on Ray", file=sys.stderr)
+        store = _store(args)
+        return _finish(store, execute_ray(configs, store, runs_dir, args), [c.key() for c in configs])
+    distributed.init_from_env(configs[0].device if configs else "auto")
+    if distributed.is_main():
+        print(f"sweep: {len(configs)} run(s)", file=sys.stderr)
     store = _store(args)
-    counts = execute(configs, store, Path(args.store) / "runs", retry_failed=not args.skip_failed)
+    counts = execute(configs, store, runs_dir, retry_failed=not args.skip_failed)
     return _finish(store, counts, [c.key() for c in configs])
 
 
@@ -236,15 +254,19 @@ def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from cnnkit.bench import distributed
+
     configs = demo_configs(args.epochs, args.seeds, args.max_steps_per_epoch)
     print(
         f"demo: {len(configs)} run(s) of LeNet-5-Caffe on the embedded Fashion-MNIST subset "
         f"(dense + {', '.join(demo_methods()) or 'no method installed yet'}), results in {args.store}",
         file=sys.stderr,
     )
+    distributed.init_from_env()
     store = _store(args)
     code = _finish(store, execute(configs, store, Path(args.store) / "runs"), [c.key() for c in configs])
-    _write_report(store, [c.key() for c in configs], Path(args.store) / "demo-report")
+    if distributed.is_main():
+        _write_report(store, [c.key() for c in configs], Path(args.store) / "demo-report")
     return code
 
 
@@ -267,6 +289,26 @@ def _add_reproduce_parser(sub: Any) -> None:
         "--quick", action="store_true", help="a few steps per run: checks the pipeline, not the claim"
     )
     p.set_defaults(func=cmd_reproduce)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executor (see 'Scaling out' in the README)")
+    g.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="where runs execute (default: local)"
+    )
+    g.add_argument(
+        "--address", help="ray: cluster address (auto, HOST:6379); default: start a local instance"
+    )
+    g.add_argument("--cpus-per-run", type=_non_negative, default=1.0, help="ray: CPUs per run (default: 1)")
+    g.add_argument("--gpus-per-run", type=_non_negative, default=0.0, help="ray: GPUs per run, e.g. 1 or 0.5")
+    g.add_argument("--num-cpus", type=int, help="ray: CPUs of the local instance (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             p.add_argument("config")
             p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+            _add_executor_arguments(p)
         if name == "report":
             p.add_argument("--format", choices=["md", "csv", "json"], default="md")
             p.add_argument("--out", help="also write tables and PNG plots into this folder")
@@ -326,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cnnkit.bench import distributed
+
     args = build_parser().parse_args(argv)
+    joined = distributed.current() is None  # a process group created during this command is ours to end
     try:
         return int(args.func(args))
     except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
@@ -335,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ apply to the model) when it ends, with its metrics and environment as JSON. A sw
 restarted skips runs that are ``done`` or ``skipped`` and reruns the others (which resume from their
 last checkpoint), so no finished result is lost or repeated. Concurrent writers wait on SQLite's lock;
 writes are single-statement transactions (safe to kill at any time).
+
+Writers: the process that runs ``cnnkit run`` / ``sweep`` is the only one that opens the file. Under
+``torchrun`` that is rank 0 (ranks > 0 get a :class:`NullStore`); with the Ray executor it is the driver
+(workers return their metrics to it), so the SQLite file never has to live on a network filesystem.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ResultStore", "RunRecord"]
+__all__ = ["NullStore", "ResultStore", "RunRecord"]
 
 Status = Literal["running", "done", "failed", "skipped"]
 
@@ -73,21 +77,44 @@ class ResultStore:
                 (key, _json(config), _json(environment or {}), time.time()),
             )
 
-    def finish(self, key: str, metrics: dict[str, Any]) -> None:
-        self._end(key, "done", metrics, "")
+    def finish(self, key: str, metrics: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
+        """The run is done; ``environment`` (where it actually ran, e.g. a Ray worker) replaces the one given
+        to :meth:`start` when given."""
+        self._end(key, "done", metrics, "", environment)
 
-    def fail(self, key: str, error: str, metrics: dict[str, Any] | None = None) -> None:
-        self._end(key, "failed", metrics or {}, error)
+    def fail(
+        self,
+        key: str,
+        error: str,
+        metrics: dict[str, Any] | None = None,
+        environment: dict[str, Any] | None = None,
+    ) -> None:
+        self._end(key, "failed", metrics or {}, error, environment)
 
-    def skip(self, key: str, reason: str) -> None:
+    def skip(self, key: str, reason: str, environment: dict[str, Any] | None = None) -> None:
         """The run cannot be done as configured (e.g. the method does not apply to the model)."""
-        self._end(key, "skipped", {}, reason)
+        self._end(key, "skipped", {}, reason, environment)
 
-    def _end(self, key: str, status: Status, metrics: dict[str, Any], error: str) -> None:
+    def _end(
+        self,
+        key: str,
+        status: Status,
+        metrics: dict[str, Any],
+        error: str,
+        environment: dict[str, Any] | None = None,
+    ) -> None:
         with self._connect() as db:
             cursor = db.execute(
-                "UPDATE runs SET status=?, metrics=?, error=?, finished=? WHERE key=?",
-                (status, json.dumps(metrics, sort_keys=True), error, time.time(), key),
+                "UPDATE runs SET status=?, metrics=?, error=?, finished=?, "
+                "environment=COALESCE(?, environment) WHERE key=?",
+                (
+                    status,
+                    json.dumps(metrics, sort_keys=True),
+                    error,
+                    time.time(),
+                    None if environment is None else _json(environment),
+                    key,
+                ),
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"run {key} was never started in {self.path}")
@@ -117,3 +144,37 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
 
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+class NullStore:
+    """Stands in for :class:`ResultStore` where nothing may be written (DDP ranks > 0 never touch SQLite):
+    records nothing, knows no run."""
+
+    path = None
+
+    def start(self, key: str, config: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
+        pass
+
+    def finish(self, key: str, metrics: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
+        pass
+
+    def fail(
+        self,
+        key: str,
+        error: str,
+        metrics: dict[str, Any] | None = None,
+        environment: dict[str, Any] | None = None,
+    ) -> None:
+        pass
+
+    def skip(self, key: str, reason: str, environment: dict[str, Any] | None = None) -> None:
+        pass
+
+    def get(self, key: str) -> RunRecord | None:
+        return None
+
+    def is_done(self, key: str) -> bool:
+        return False
+
+    def records(self, status: Status | None = None) -> list[RunRecord]:
+        return []

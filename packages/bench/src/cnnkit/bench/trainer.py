@@ -7,6 +7,9 @@ Choices (documented for users):
 - The data order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches.
 - Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol).
 - Test metrics are measured on ``method.export(model)``: the model one would deploy.
+- Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel (DDP); ``batch_size`` stays the global
+  batch and only rank 0 writes checkpoints. See :mod:`cnnkit.bench.distributed` for what holds for every
+  method family. Without torchrun no process group is created and nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +28,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+)
 
+from cnnkit.bench import distributed
+from cnnkit.bench.distributed import DistInfo, ShardedBatchSampler
 from cnnkit.bench.runconfig import RunConfig
 from cnnkit.core.context import Batch, Context
 from cnnkit.core.cost import count_flops, count_params
@@ -55,11 +69,14 @@ class _State:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
+    """``auto`` picks CUDA when available; under DDP each process uses ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RunFailed("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'")
+    if name == "cuda" and dist is not None:
+        return torch.device("cuda", dist.local_rank)
     return torch.device(name)
 
 
@@ -111,17 +128,24 @@ def build_method(cfg: RunConfig) -> Method:
 
 
 def _loader(
-    dataset: Dataset[Any], cfg: RunConfig, *, shuffle: bool, seed: int, batch_size: int
+    dataset: Dataset[Any],
+    cfg: RunConfig,
+    *,
+    shuffle: bool,
+    seed: int,
+    batch_size: int,
+    shard: DistInfo | None = None,
 ) -> DataLoader[Any]:
+    """Exactly ``DataLoader(dataset, batch_size, shuffle, generator=Generator(seed))``, spelled out so that
+    under DDP each rank can take its slice of the very same global batches (``shard``)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=cfg.num_workers,
-        drop_last=False,
-    )
+    sized: Any = dataset
+    sampler: Sampler[int] = RandomSampler(sized, generator=generator) if shuffle else SequentialSampler(sized)
+    global_batches = BatchSampler(sampler, batch_size, drop_last=False)
+    batches: Sampler[list[int]] = global_batches
+    if shard is not None:
+        batches = ShardedBatchSampler(global_batches, shard.rank, shard.world_size)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=cfg.num_workers)
 
 
 class _ScoringBatches:
@@ -146,19 +170,25 @@ class Trainer:
         run_dir: where the checkpoint lives (``checkpoint.pt``); a run with an existing checkpoint resumes.
     """
 
+    replicas_agreed_at_wrap: bool
+    """Under DDP: whether every rank's model (weights, masks, buffers) was bitwise identical after the
+    methods' ``apply``, before DDP's broadcast from rank 0 (always True in a single process)."""
+
     def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.init_from_env(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
         self.cuda = self.device.type == "cuda"
         self.state = _State()
+        self.replicas_agreed_at_wrap = True
 
     # -- setup --------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.data = build_datasets(cfg)
-        self.steps_per_epoch = math.ceil(len(self.data["train"]) / cfg.batch_size)  # type: ignore[arg-type]
+        self.steps_per_epoch = self._steps_in(len(self.data["train"]))  # type: ignore[arg-type]
         if cfg.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -174,12 +204,46 @@ class Trainer:
             device=self.device,
             seed=cfg.seed,
         )
+        if self.dist is not None:
+            self.ctx.extras["cnnkit.distributed"] = {
+                "rank": self.dist.rank,
+                "world_size": self.dist.world_size,
+            }
         self.method = build_method(cfg)
         self.runner = MethodRunner(self.method, self.ctx)
         self.model = self.runner.apply(model)
+        self.train_model = self._wrap(self.model)
         self.optimizer = self._optimizer()
         self.runner.set_optimizer(self.optimizer)
         self.scheduler = self._scheduler()
+
+    def _steps_in(self, n: int) -> int:
+        """Steps per epoch, ``ceil(n / batch_size)``; DDP drops a last batch smaller than the world."""
+        world = self.dist.world_size if self.dist is not None else 1
+        if self.cfg.batch_size < world:
+            raise RunFailed(
+                f"batch_size ({self.cfg.batch_size}) is the global batch: it must be >= the {world} ranks"
+            )
+        full, last = divmod(n, self.cfg.batch_size)
+        return full + int(last >= world)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP around the applied model (the model itself in one process); methods keep ``self.model``."""
+        if self.dist is None:
+            return model
+        self.replicas_agreed_at_wrap = distributed.replicas_agree(model)
+        if not self.replicas_agreed_at_wrap and self.dist.is_main:
+            warnings.warn(
+                "the ranks' models differed after the methods' apply; DDP makes them rank 0's", stacklevel=2
+            )
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
+
+    def _reseed_rank(self) -> None:
+        """Ranks > 0 draw their own training noise (dropouts); rank 0 keeps the single-process stream."""
+        if self.dist is not None and self.dist.rank > 0:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.dist.rank * 7_919 + self.state.epoch) % 2**63)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         opt = self.cfg.optimizer
@@ -218,7 +282,7 @@ class Trainer:
 
     def _save(self) -> None:
         path = self.checkpoint_path
-        if path is None:
+        if path is None or not distributed.is_main():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         s = self.state
@@ -245,7 +309,14 @@ class Trainer:
 
     def _maybe_resume(self) -> bool:
         path = self.checkpoint_path
-        if path is None or not path.exists():
+        distributed.barrier()  # rank 0 has finished writing whatever it wrote before
+        found = path is not None and path.exists()
+        if len(set(distributed.all_gather(found))) > 1:
+            raise RunFailed(
+                f"the checkpoint {path} is visible on some ranks only: under torchrun the store (run folder) "
+                "must be on a filesystem every node shares"
+            )
+        if path is None or not found:
             return False
         blob = torch.load(path, map_location=self.device, weights_only=True)
         if blob.get("config_key") != self.cfg.key():
@@ -281,6 +352,7 @@ class Trainer:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self._setup()
             self._maybe_resume()
+            self._reseed_rank()
             while self.state.epoch < self.cfg.epochs:
                 self._train_epoch()
             metrics = self._final_metrics()
@@ -296,6 +368,7 @@ class Trainer:
             shuffle=True,
             seed=self.cfg.seed * 100_003 + self.state.epoch,
             batch_size=self.cfg.batch_size,
+            shard=self.dist,
         )
         for x, y in itertools.islice(loader, self.steps_per_epoch):  # never loads an unused batch
             x = x.to(self.device, non_blocking=True)
@@ -317,8 +390,8 @@ class Trainer:
         )
         started = time.perf_counter()
         for x, y in bar:
-            loss = self._train_step(x, y)
-            total, count = total + loss * len(y), count + len(y)
+            loss, n = self._train_step(x, y)
+            total, count = total + loss * n, count + n
             bar.set_postfix(loss=f"{loss:.3f}")
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -326,6 +399,7 @@ class Trainer:
         self.state.train_samples += count
         self.runner.end_epoch()
         self.state.epoch += 1
+        self._check_replicas()
         record = {"epoch": float(self.state.epoch), "train_loss": total / max(1, count)}
         if "val" in self.data:
             val = self.evaluate(self.model, self.data["val"])
@@ -337,14 +411,37 @@ class Trainer:
         self.state.history.append(record)
         self._save()
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _check_replicas(self) -> None:
+        """Under DDP: rank 0's buffers everywhere (BatchNorm statistics), then every rank must agree."""
+        if self.dist is None:
+            return
+        distributed.broadcast_buffers(self.model)
+        if not distributed.replicas_agree(self.model):
+            raise RunFailed(
+                f"the ranks' models differ after epoch {self.state.epoch}: a method updates its state "
+                "differently on different ranks (not synchronised under DDP)"
+            )
+
+    def _global_loss(self, loss: torch.Tensor, n: int) -> tuple[torch.Tensor, float, int]:
+        """DDP: the loss weighted so that the gradient average is the global mean's, its global value, and
+        the global number of samples (one all-reduce)."""
+        assert self.dist is not None
+        total, count = distributed.all_reduce_sum([float(loss.detach()) * n, n], device=self.device)
+        weight = n * self.dist.world_size / count
+        return (loss if weight == 1.0 else loss * weight), total / count, int(count)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step; returns the step's (global) mean loss and number of samples."""
         runner, optimizer = self.runner, self.optimizer
         runner.before_step(x, y)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
-            output = self.model(x)
+            output = self.train_model(x)
             loss = runner.loss(self.model, output.float(), y)
-        value = float(loss.detach())  # the step's only host-device synchronization
+        if self.dist is None:
+            value, n = float(loss.detach()), len(y)  # the step's only host-device synchronization
+        else:
+            loss, value, n = self._global_loss(loss, len(y))
         if not math.isfinite(value):
             raise RunFailed(
                 f"loss became {value} at epoch {self.state.epoch + 1}, step {self.state.step}: "
@@ -356,13 +453,17 @@ class Trainer:
         runner.after_step()
         self.scheduler.step()
         self.state.step += 1
-        return value
+        return value, n
 
     # -- evaluation and metrics ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
-        """Top-1 and top-5 accuracy (%) and mean cross-entropy on ``dataset``."""
+        """Top-1 and top-5 accuracy (%) and mean cross-entropy on ``dataset`` (under DDP each rank evaluates a
+        contiguous slice and the sums are all-reduced)."""
         model.eval()
+        if self.dist is not None:
+            part = distributed.shard_range(len(dataset), self.dist.rank, self.dist.world_size)  # type: ignore[arg-type]
+            dataset = Subset(dataset, list(part))
         loader = _loader(dataset, self.cfg, shuffle=False, seed=0, batch_size=self.cfg.eval_batch_size)
         correct1 = correct5 = 0
         loss_sum, n = 0.0, 0
@@ -376,6 +477,9 @@ class Trainer:
             correct5 += int((top == y[:, None]).any(dim=1).sum())
             n += len(y)
         model.train()
+        correct1, correct5, loss_sum, n = distributed.all_reduce_sum(  # type: ignore[assignment]
+            [correct1, correct5, loss_sum, n], device=self.device
+        )
         return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
     def _final_metrics(self) -> dict[str, Any]:
@@ -408,9 +512,10 @@ class Trainer:
             "epochs": self.state.epoch,
             "steps": self.state.step,
             "device": str(self.device),
+            "world_size": self.dist.world_size if self.dist is not None else 1,
             **stats,
         }
-        if self.cfg.measure_latency:
+        if self.cfg.measure_latency and distributed.is_main():
             metrics.update(measure_latency(deployed, self.ctx.example_input[:1], self.device))
         metrics["peak_memory_mb"] = peak_memory_mb(self.device)
         return metrics
