@@ -60,9 +60,42 @@ class Exploding(Method):
         return float("nan") if ctx.step >= 2 else 0.0
 
 
+class Phased(Method):
+    """Enters phase 1 after its second epoch and then wipes the model (like a drastic pruning round)."""
+
+    name = "phased"
+    kind = "regularizer"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epochs_seen = 0
+        self.model: nn.Module | None = None
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        self.model = model
+        return model
+
+    def after_epoch(self, ctx: Context) -> None:
+        self.epochs_seen += 1
+        if self.epochs_seen >= 2 and self.model is not None:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.zero_()
+
+    def checkpoint_phase(self) -> int:
+        return int(self.epochs_seen >= 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_seen": self.epochs_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_seen = state["epochs_seen"]
+
+
 class _Plugin:
     @hookimpl
     def cnnkit_register_methods(self, registry: Any) -> None:
+        registry.add(MethodSpec(name="phased", kind="regularizer", target=f"{__name__}:Phased"))
         registry.add(MethodSpec(name="counting", kind="regularizer", target=f"{__name__}:CountingMethod"))
         registry.add(MethodSpec(name="exploding", kind="regularizer", target=f"{__name__}:Exploding"))
 
@@ -72,6 +105,15 @@ def with_counting(registries: Any) -> Any:
     registries.register_plugin(_Plugin())
     CountingMethod.calls.clear()
     return registries
+
+
+def test_best_checkpoint_comes_from_the_methods_latest_phase(
+    with_counting: Any, tiny_run: dict[str, Any]
+) -> None:
+    metrics = run(make_run_config({**tiny_run, "epochs": 3, "methods": ["phased"]}))
+    # epoch 1 (a trained model) beats the wiped model of epochs 2-3 on validation, but belongs to phase 0
+    assert metrics["best_epoch"] >= 2
+    assert metrics["test_top1"] <= 30.0  # the wiped model was evaluated, not epoch 1's
 
 
 def test_training_learns_and_reports_metrics(registries: Any, tiny_run: dict[str, Any]) -> None:

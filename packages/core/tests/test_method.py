@@ -268,3 +268,26 @@ def test_context_validates_and_defaults() -> None:
         torch.randn(2, generator=seeded.generator(offset=1)),
         torch.randn(2, generator=torch.Generator().manual_seed(4)),
     )
+
+
+class _Rounds(Method):
+    name = "rounds"
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+
+    def checkpoint_phase(self) -> int:
+        return self.rounds
+
+
+def test_checkpoint_phase_defaults_to_zero_and_a_stack_changes_when_any_member_does() -> None:
+    assert Method().checkpoint_phase() == 0
+    a, b = _Rounds(0), _Rounds(0)
+    stack = MethodStack([a, b])
+    seen = [stack.checkpoint_phase()]
+    a.rounds = 1
+    seen.append(stack.checkpoint_phase())
+    b.rounds = 1
+    seen.append(stack.checkpoint_phase())
+    assert seen == [0, 1, 2]

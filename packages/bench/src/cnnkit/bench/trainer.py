@@ -5,7 +5,8 @@ Choices (documented for users):
 - On CUDA, mixed precision uses bfloat16 autocast (no loss scaling needed) and channels_last memory format.
 - On CPU, runs are seeded and deterministic (``torch.use_deterministic_algorithms`` during the run).
 - The data order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches.
-- Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol).
+- Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol);
+  only checkpoints of the methods' latest phase compete (``Method.checkpoint_phase``: IMP's rounds).
 - Test metrics are measured on ``method.export(model)``: the model one would deploy.
 - Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel (DDP); ``batch_size`` stays the global
   batch and only rank 0 writes checkpoints. See :mod:`cnnkit.bench.distributed` for what holds for every
@@ -64,6 +65,7 @@ class _State:
     best_epoch: int = -1
     best_state: dict[str, Any] | None = None
     best_val: dict[str, float] = field(default_factory=dict)
+    best_phase: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -298,6 +300,7 @@ class Trainer:
             "best_state": s.best_state,
             "history": s.history,
             "best_val": s.best_val,
+            "best_phase": s.best_phase,
             "train_seconds": s.train_seconds,
             "train_samples": s.train_samples,
             "config_key": self.cfg.key(),
@@ -336,6 +339,7 @@ class Trainer:
             best_state=blob["best_state"],
             history=blob["history"],
             best_val=blob["best_val"],
+            best_phase=blob.get("best_phase", 0),
             train_seconds=blob["train_seconds"],
             train_samples=blob["train_samples"],
         )
@@ -404,12 +408,21 @@ class Trainer:
         if "val" in self.data:
             val = self.evaluate(self.model, self.data["val"])
             record.update({f"val_{k}": v for k, v in val.items()})
+            self._start_new_phase_if_any()
             if val["top1"] > self.state.best_val_top1:
                 self.state.best_val_top1, self.state.best_epoch = val["top1"], self.state.epoch
                 self.state.best_state = copy.deepcopy(self.model.state_dict())
                 self.state.best_val = val
         self.state.history.append(record)
         self._save()
+
+    def _start_new_phase_if_any(self) -> None:
+        """Forget the best checkpoint when the methods entered a new phase (IMP: a new pruning round)."""
+        phase = self.method.checkpoint_phase()
+        if phase != self.state.best_phase:
+            self.state.best_phase = phase
+            self.state.best_val_top1, self.state.best_epoch = -1.0, -1
+            self.state.best_state, self.state.best_val = None, {}
 
     def _check_replicas(self) -> None:
         """Under DDP: rank 0's buffers everywhere (BatchNorm statistics), then every rank must agree."""

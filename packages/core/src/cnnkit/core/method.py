@@ -137,6 +137,15 @@ class Method:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state but was given keys {sorted(state)}")
 
+    def checkpoint_phase(self) -> int:
+        """The training phase the model is in, a counter that never decreases (default: always 0).
+
+        Checkpoint selection (the bench's best-validation protocol) compares only checkpoints of the latest
+        phase: a method whose model changes its nature during training -- IMP's pruning rounds -- counts its
+        phases here, so that a denser checkpoint of an earlier round is never reported as the result.
+        """
+        return 0
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimizer parameter groups with special settings (e.g. ``{"params": [...], "weight_decay": 0}``).
 
@@ -241,6 +250,9 @@ class MethodStack(Method):
             )
         for i, method in enumerate(self.methods):
             method.load_state_dict(state[str(i)])
+
+    def checkpoint_phase(self) -> int:
+        return sum(method.checkpoint_phase() for method in self.methods)  # each counter never decreases
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = []
