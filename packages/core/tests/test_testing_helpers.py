@@ -134,3 +134,15 @@ def test_fixtures_are_available(
     out = cnnkit_tiny_model(cnnkit_batch[0])
     assert out.shape == (8, 10)
     assert cnnkit_context.example_input.shape == (8, 3, 16, 16)
+
+
+def test_one_torch_thread_sets_one_thread_and_restores_even_on_error() -> None:
+    import torch
+
+    from cnnkit.core.testing import one_torch_thread
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), one_torch_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

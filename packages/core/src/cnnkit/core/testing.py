@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ __all__ = [
     "check_method_contract",
     "make_context",
     "method_factory",
+    "one_torch_thread",
     "registered_method_names",
     "seeded_batch",
 ]
@@ -335,6 +337,18 @@ def check_method_contract(
 
 
 # -- pytest fixtures (active when the plugin is enabled) ------------------------------------------------
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread inside the block: tiny test models gain nothing from threads, and on a busy
+    CPU several spinning OpenMP threads make the same steps many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=sorted(TINY_MODELS))
 def cnnkit_tiny_model(request: pytest.FixtureRequest) -> nn.Module:
     """Each tiny CNN in turn, seeded."""
