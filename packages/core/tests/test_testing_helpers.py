@@ -141,8 +141,12 @@ def test_one_torch_thread_sets_one_thread_and_restores_even_on_error() -> None:
 
     from cnnkit.core.testing import one_torch_thread
 
+    def fail_inside() -> None:
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError), one_torch_thread():
-        assert torch.get_num_threads() == 1
-        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
     assert torch.get_num_threads() == before
