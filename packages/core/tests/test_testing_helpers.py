@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from cnnkit.core import Context, Method, MethodConfig
+from cnnkit.core.method import MethodNotApplicableError
 from cnnkit.core.testing import (
     TINY_MODELS,
     check_determinism,
@@ -99,6 +100,26 @@ class BadStats(AddGain):
 
 def test_a_well_behaved_method_passes_every_check() -> None:
     check_method_contract(AddGain)
+
+
+class ResNetsOnly(AddGain):
+    """Declares itself not applicable to models without a residual stage (as MoD does on a VGG)."""
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        if "ResNet" not in type(model).__name__:
+            raise MethodNotApplicableError(f"{type(model).__name__} has no residual blocks")
+        return super().apply(model, ctx)
+
+
+class AppliesNowhere(AddGain):
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        raise MethodNotApplicableError("nothing to act on")
+
+
+def test_a_model_the_method_is_not_applicable_to_is_skipped_but_one_must_apply() -> None:
+    check_method_contract(ResNetsOnly)
+    with pytest.raises(AssertionError, match="applies to none of the test models"):
+        check_method_contract(AppliesNowhere)
 
 
 def test_contract_reports_nan() -> None:
