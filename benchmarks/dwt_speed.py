@@ -5,17 +5,23 @@ What is measured, for the transforms of Spectral Wavelet Dropout (SWD, METHODS.m
 - **1-D**: the 3-level DWT of each channel's flattened map, (B, C, H·W), and its inverse;
 - **2-D**: the 1-level 2-D DWT of each channel, (B, C, H, W), and its inverse;
 
-on random float32 maps shaped like CIFAR ResNet-18 stages 3 and 4, (128, 256, 8, 8) and (128, 512, 4, 4),
-and a larger (32, 64, 32, 32). Each timed call is one SWD step with a fixed mask: forward transform, detail
+on random float32 maps shaped like the CIFAR ResNet-18 stages, (32, 64, 32, 32), (32, 128, 16, 16),
+(128, 256, 8, 8), (128, 512, 4, 4) (stages 1-4; batch 32 for the large maps, to keep the run short), and an
+odd size, (32, 256, 7, 7). Each timed call is one SWD step with a fixed mask: forward transform, detail
 bands scaled by (1, 0, 1)/(1 - p) with p = 0.1, inverse transform, crop to the input size. Contenders:
 
 - **conv**: our ``dwt1d``/``idwt1d`` and ``dwt2d``/``idwt2d`` (strided convolutions, all bands of a level
   in one kernel);
-- **matmul**: the cached dense path that SWD's ``impl="auto"`` takes for maps of N = H·W <=
-  ``AUTO_MATMUL_MAX_N`` values (every shape here): ``x @ (I + Σ_k w_k Q_k)`` with the band projections
+- **matmul**: SWD's ``impl="matmul"``: ``x @ (I + Σ_k w_k Q_k)`` with the dense (N×N) band projections
   ``band_projections(...)``; assembling the operator (one ``addmm``) is part of the timed call;
+- **struct**: SWD's ``impl="structured"``, the same operator in O(N) form: 1-D one polyphase ``conv1d``
+  (``polyphase_kernels``), 2-D the separable per-axis projections (``axis_projection``); assembling the
+  kernel is part of the timed call;
 - **pytorch_wavelets**: ``DWT1DForward(J=3)``/``DWT1DInverse``, ``DWTForward(J=1)``/``DWTInverse``;
 - **ptwt**: ``ptwt.wavedec``/``ptwt.waverec`` and ``ptwt.wavedec2``/``ptwt.waverec2``.
+
+SWD's ``impl="auto"`` takes ``matmul`` for N = H·W <= ``DENSE_MAX_N`` (1-D 256, 2-D 64) and ``struct``
+above; the ``path`` column names it (``SpectralWaveletDropout.path``).
 
 Checks, before timing, on the first 16 samples: each library's coefficients equal ours (conv) after matching
 the band order (pytorch_wavelets: ``(yl, yh)`` finest first, 2-D ``yh[0][:, :, k]`` = (cH, cV, cD); ptwt:
@@ -28,17 +34,15 @@ CUDA); after one warm-up call each, the contenders are interleaved ``--repeats``
 load is shared), each measurement ``--min-time`` seconds or one call, and the median per-call time is
 reported. Two settings: ``fwd+inv`` under ``torch.no_grad()``, and ``+backward``: forward+inverse, then
 ``torch.autograd.grad`` of the output with respect to the input (training). ``auto×`` is pytorch_wavelets'
-time over the time of the path SWD takes (``matmul`` for N <= ``AUTO_MATMUL_MAX_N``, else ``conv``),
-``conv×`` the same for the conv path. A row passes when ``auto×`` >= 1.5 and both differences are <= 1e-5;
-the last line is the summary. A note warns when one contender's measurements differ by more than 1.5x.
+time over the time of the path SWD takes, ``conv×`` the same for the conv path. A row passes when
+``auto×`` >= 1.5 and both differences are <= 1e-5; the last line is the summary. A note warns when one
+contender's measurements differ by more than 1.5x.
 
-The comparison libraries are not dependencies of cnnkit; install them into a separate environment (from the
-repository root)::
+The comparison libraries are not dependencies of cnnkit; install them into the workspace venv or a separate
+environment (from the repository root)::
 
-    uv venv /tmp/bench-dwt --python 3.11
-    uv pip install --python /tmp/bench-dwt/bin/python torch==2.14.1 pywavelets numpy \\
-        pytorch-wavelets ptwt "setuptools<81" -e packages/core -e packages/regularizers
-    /tmp/bench-dwt/bin/python benchmarks/dwt_speed.py [--repeats 5] [--threads N] [--device cpu|cuda]
+    uv pip install --python .venv/bin/python pytorch-wavelets ptwt "setuptools<81"
+    .venv/bin/python benchmarks/dwt_speed.py [--repeats 5] [--threads N] [--device cpu|cuda]
 
 (pytorch_wavelets 1.3 imports ``pkg_resources``, which setuptools >= 81 no longer ships.) A missing library
 is reported with this hint and its column is skipped. On a busy shared CPU use ``--threads 1``.
@@ -58,10 +62,15 @@ from typing import Any
 
 import pywt
 import torch
-from _machine import cpu_model  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import (  # benchmarks/_machine.py (the script's folder is on sys.path)
+    cpu_model,
+    describe_machine,
+    load_average,
+)
 from torch.utils.benchmark.utils.timer import timer as clock
 
 from cnnkit.regularizers import _dwt
+from cnnkit.regularizers.swd import SpectralWaveletDropout
 
 WAVELET = "db3"
 MODE = "zero"
@@ -69,7 +78,13 @@ LEVELS_1D = 3
 P = 0.1
 MASK = (1.0, 0.0, 1.0)  # kept / dropped detail bands (finest first; 2-D: cH, cV, cD)
 CHECK_SCALE = (0.5, 0.0, 2.0)  # distinct per band, so that a band-order mistake shows in |Δout|
-SHAPES: tuple[tuple[int, int, int, int], ...] = ((128, 256, 8, 8), (128, 512, 4, 4), (32, 64, 32, 32))
+SHAPES: tuple[tuple[int, int, int, int], ...] = (
+    (32, 64, 32, 32),
+    (32, 128, 16, 16),
+    (128, 256, 8, 8),
+    (128, 512, 4, 4),
+    (32, 256, 7, 7),
+)
 TOL = 1e-5
 CHECK_BATCH = 16  # samples of each batch that the equality checks use (all of them are timed)
 GOAL = 1.5
@@ -131,29 +146,17 @@ def ours_conv(variant: str) -> Contender:
     return Contender("conv", roundtrip2, lambda x: [_dwt.dwt2d(x, WAVELET, MODE)])
 
 
-def ours_matmul(variant: str) -> Contender:
-    """SWD's dense path: one (N, N) operator I + Σ_k (s_k − 1) Q_k, then one GEMM."""
-    level = LEVELS_1D if variant == "1d" else 1
+def ours_swd(variant: str, impl: str) -> Contender:
+    """SWD's matrix paths (``impl`` = ``"matmul"``: dense; ``"structured"``: O(N)) with a batch mask:
+    the layer's own code, with the band weights w_k = scale_k − 1 given directly."""
+    layer = SpectralWaveletDropout(P, variant, wavelet=WAVELET, mode=MODE, impl=impl)
+    apply = layer._matmul if impl == "matmul" else getattr(layer, f"_structured_{variant}")
 
     def roundtrip(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        n = h * w
-        proj = _dwt.band_projections(variant, (h, w), WAVELET, level, MODE, (1, 2, 3), x.dtype, x.device)
-        eye = _identity(n, x.dtype, x.device)
-        operator = torch.addmm(eye, (scale - 1.0).view(1, 3), proj.view(3, n * n)).view(n, n)
-        return (x.reshape(b, c, n) @ operator).view(b, c, h, w)
+        out: torch.Tensor = apply(x, scale - 1.0)
+        return out
 
-    return Contender("matmul", roundtrip)
-
-
-_EYES: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _identity(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (n, dtype, device)
-    if key not in _EYES:
-        _EYES[key] = torch.eye(n, dtype=dtype, device=device).view(1, n * n)
-    return _EYES[key]
+    return Contender("matmul" if impl == "matmul" else "struct", roundtrip)
 
 
 _MODULES: dict[str, Any] = {}
@@ -246,7 +249,8 @@ def ptwt_contender(variant: str) -> Contender | None:
 
 def contenders(variant: str, device: torch.device) -> list[Contender]:
     libs = [pytorch_wavelets_contender(variant, device), ptwt_contender(variant)]
-    return [ours_conv(variant), ours_matmul(variant), *(c for c in libs if c is not None)]
+    ours = [ours_conv(variant), ours_swd(variant, "matmul"), ours_swd(variant, "structured")]
+    return [*ours, *(c for c in libs if c is not None)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,14 +339,18 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[Row]:
 # Report
 
 HEADER = (
-    f"{'variant':7} {'shape':16} {'setting':9} | {'conv ms':>8} {'matmul ms':>9} {'pw ms':>8} {'ptwt ms':>8}"
-    f" | {'auto×':>6} {'conv×':>6} | {'|Δcoeff|':>8} {'|Δout|':>8} | pass"
+    f"{'variant':7} {'shape':16} {'setting':9} | {'conv ms':>8} {'matmul ms':>9} {'struct ms':>9}"
+    f" {'pw ms':>8} {'ptwt ms':>8} | {'path':6} {'auto×':>6} {'conv×':>6}"
+    f" | {'|Δcoeff|':>8} {'|Δout|':>8} | pass"
 )
+COLUMNS = (("conv", 8), ("matmul", 9), ("struct", 9), ("pytorch_wavelets", 8), ("ptwt", 8))
 
 
 def auto_path(row: Row) -> str:
-    h, w = row.shape[-2:]
-    return "matmul" if h * w <= _dwt.AUTO_MATMUL_MAX_N else "conv"
+    """The contender that SWD's ``impl="auto"`` runs for this row."""
+    layer = SpectralWaveletDropout(P, row.variant, wavelet=WAVELET, mode=MODE)
+    path = layer.path(torch.empty(row.shape[-2:]).expand(1, 1, *row.shape[-2:]))
+    return "struct" if path == "structured" else path
 
 
 def speedup(row: Row, name: str) -> float | None:
@@ -360,14 +368,13 @@ def fmt(value: float | None, width: int, spec: str) -> str:
 
 
 def print_row(row: Row) -> None:
-    ms = [fmt(row.ms.get(k), w, ".2f") for k, w in (("conv", 8), ("matmul", 9), ("pytorch_wavelets", 8))]
-    ms.append(fmt(row.ms.get("ptwt"), 8, ".2f"))
+    ms = [fmt(row.ms.get(k), w, ".2f") for k, w in COLUMNS]
     ups = [fmt(speedup(row, name), 6, ".2f") for name in (auto_path(row), "conv")]
     ok = passes(row)
     mark = "—" if ok is None else ("yes" if ok else "NO")
     shape = "x".join(map(str, row.shape))
     print(
-        f"{row.variant:7} {shape:16} {row.setting:9} | {' '.join(ms)} | {' '.join(ups)}"
+        f"{row.variant:7} {shape:16} {row.setting:9} | {' '.join(ms)} | {auto_path(row):6} {' '.join(ups)}"
         f" | {fmt(row.d_coeff, 8, '.1e')} {fmt(row.d_out, 8, '.1e')} | {mark}",
         flush=True,
     )
@@ -377,7 +384,7 @@ def machine(device: torch.device, threads: int) -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return (
         f"device: {where} | torch threads: {threads} | torch {torch.__version__} | "
-        f"python {platform.python_version()}"
+        f"python {platform.python_version()}\n{describe_machine(device)}"
     )
 
 
@@ -439,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             f"note: repeated measurements of one contender differ by up to {spread:.1f}x: the machine is "
             f"busy and the speedups are unreliable; use {hint}"
         )
+    print(f"load average at the end: {load_average()}")
     print(summary(rows))
     return 0
 

@@ -8,7 +8,16 @@ import pywt
 import torch
 
 from cnnkit.regularizers import _dwt
-from cnnkit.regularizers._dwt import MODES, band_projections, dwt1d, dwt2d, idwt1d, idwt2d
+from cnnkit.regularizers._dwt import (
+    MODES,
+    axis_projection,
+    band_projections,
+    dwt1d,
+    dwt2d,
+    idwt1d,
+    idwt2d,
+    polyphase_kernels,
+)
 
 # pywt warns that 3 levels are "too high" for short signals; the coefficients are still well defined.
 pytestmark = pytest.mark.filterwarnings("ignore:Level value of .* is too high:UserWarning")
@@ -194,6 +203,50 @@ def test_band_projections_keep_one_band(variant: str, mode: str) -> None:
     total = only_approx + sum(flat @ proj[k] for k in range(3))
     torch.testing.assert_close(total, flat, atol=1e-12, rtol=0)
     assert all((flat @ proj[k]).abs().max() > 1e-3 for k in range(3))
+
+
+@pytest.mark.parametrize(
+    ("wavelet", "level"), [("db3", 3), ("db3", 1), ("haar", 2), ("sym4", 3), ("bior2.2", 2)]
+)
+@pytest.mark.parametrize("n", [1, 5, 8, 49, 64, 100, 257])
+def test_polyphase_kernels_apply_the_zero_mode_projections(wavelet: str, level: int, n: int) -> None:
+    """A polyphase conv1d with the kernels equals x @ Q_k, Q_k the dense projections built from the
+    conv transform (which the tests above check against PyWavelets)."""
+    bands = tuple(range(1, level + 1))
+    kernels = polyphase_kernels(wavelet, level, bands, torch.float64, torch.device("cpu"))
+    assert kernels is not None
+    k, period, _, taps = kernels.shape
+    assert (k, period, taps % 2) == (level, 2**level, 1)
+    dense = band_projections("1d", (1, n), wavelet, level, "zero", bands, torch.float64, torch.device("cpu"))
+    x = torch.randn(3, n, dtype=torch.float64)
+    blocks = -(-n // period)
+    padded = torch.nn.functional.pad(x, (0, blocks * period - n))
+    phases = padded.view(3, blocks, period).transpose(1, 2)
+    for i in range(k):
+        y = torch.nn.functional.conv1d(phases, kernels[i], padding=taps // 2)
+        y = y.transpose(1, 2).reshape(3, blocks * period)[:, :n]
+        torch.testing.assert_close(y, x @ dense[i], atol=1e-12, rtol=0)
+
+
+def test_polyphase_taps_of_db3_level_3() -> None:
+    """The level-3 band reaches (L − 1)(2³ − 1) = 35 samples, at most ⌈35/8⌉ = 5 blocks each side; the
+    outermost blocks turn out to be zero, so 9 taps remain, and none of them is zero."""
+    kernels = polyphase_kernels("db3", 3, (1, 2, 3), torch.float64, torch.device("cpu"))
+    assert kernels is not None and kernels.shape == (3, 8, 8, 9)
+    assert kernels[..., [0, -1]].abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size", [(7, 7), (6, 9), (1, 4)])
+def test_axis_projections_factor_the_2d_projections(mode: str, size: tuple[int, int]) -> None:
+    h, w = size
+    cpu, f64 = torch.device("cpu"), torch.float64
+    dense = band_projections("2d", size, "db3", 1, mode, (1, 2, 3), f64, cpu)
+    high_h, high_w = axis_projection(h, "db3", mode, f64, cpu), axis_projection(w, "db3", mode, f64, cpu)
+    low_h, low_w = torch.eye(h, dtype=f64) - high_h, torch.eye(w, dtype=f64) - high_w
+    # x_flat @ kron(A, B) = (Aᵀ X B) flattened: cH = high along H, low along W; cV; cD
+    for band, (a, b) in enumerate(((high_h, low_w), (low_h, high_w), (high_h, high_w))):
+        torch.testing.assert_close(torch.kron(a, b), dense[band], atol=1e-12, rtol=0)
 
 
 def test_unknown_wavelet_and_mode_are_rejected() -> None:

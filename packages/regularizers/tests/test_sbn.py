@@ -28,6 +28,7 @@ def _x(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.
 
 
 def _layer(c: int, **kwargs: Any) -> SpectralBatchNorm2d:
+    """A float64 layer (``impl="closed_form"`` unless given)."""
     return SpectralBatchNorm2d(c, dtype=torch.float64, **kwargs)
 
 
@@ -130,8 +131,9 @@ def test_eval_uses_running_statistics_and_is_per_sample() -> None:
     torch.testing.assert_close(layer(x[:1]), y[:1])  # no batch statistics in eval mode
 
 
-def test_gradcheck_train_mode() -> None:
-    layer = _layer(2)
+@pytest.mark.parametrize("impl", ["closed_form", "fft"])
+def test_gradcheck_train_mode(impl: str) -> None:
+    layer = _layer(2, impl=impl)
     x = _x(3, 2, 3, 5).requires_grad_()
     assert torch.autograd.gradcheck(layer, (x,), fast_mode=True)
 
@@ -156,26 +158,61 @@ class _FftDtypes(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("layer_type", ["sbn", "folded"])
+@pytest.mark.parametrize("layer_type", ["sbn", "fft", "folded"])
 def test_autocast_bfloat16_computes_in_float32(layer_type: str) -> None:
-    sbn = SpectralBatchNorm2d(4)
+    sbn = SpectralBatchNorm2d(4, impl="fft" if layer_type == "fft" else "closed_form")
     sbn.train()(_x(8, 4, 7, 7, dtype=torch.float32))
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), sbn.eval().fold() if layer_type == "folded" else sbn
     )
-    model.train(layer_type == "sbn")
+    model.train(layer_type != "folded")
     x = _x(8, 3, 7, 7, dtype=torch.float32)
     spy = _FftDtypes()
     with torch.autocast("cpu", dtype=torch.bfloat16), spy:
         conv_out = model[1](model[0](x))
         y = model[2](conv_out)
         y_bf16 = model[2](conv_out.to(torch.bfloat16))
-    assert {name for name, _ in spy.seen} >= (
-        {"fft_irfft2"} if layer_type == "folded" else {"fft_rfft2", "fft_irfft2"}
-    )
+    if layer_type == "fft":
+        assert {name for name, _ in spy.seen} >= {"fft_rfft2", "fft_irfft2"}
     assert all(dtype in (torch.float32, torch.complex64) for _, dtype in spy.seen), spy.seen
     assert y.dtype == conv_out.dtype and y_bf16.dtype == torch.bfloat16
+    # float32 inside: the same values as without autocast (the training-mode calls see other batches, so
+    # compare in eval mode, where the layer is a fixed function)
+    model[2].eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto = model[2](conv_out.detach().to(torch.bfloat16))
+    y_plain = model[2](conv_out.detach().to(torch.bfloat16).float())
+    torch.testing.assert_close(y_auto, y_plain.to(torch.bfloat16), rtol=0, atol=0)
     assert torch.isfinite(y).all() and torch.isfinite(y_bf16.float()).all()
+
+
+# -- the two implementations -------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["backward", "ortho", "forward"])
+@pytest.mark.parametrize("size", [*SIZES, (1, 1), (2, 2), (4, 1), (1, 6)])
+def test_closed_form_impl_equals_fft_impl(norm: str, size: tuple[int, int]) -> None:
+    """impl="closed_form" (reductions, no FFT) and impl="fft" (Algorithm 1): outputs, input gradients,
+    parameter gradients, running statistics, eval mode and the folded layer, in float64."""
+    layers = [_layer(3, fft_norm=norm, impl=impl) for impl in ("closed_form", "fft")]
+    for layer in layers:
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+            layer.bias.copy_(torch.tensor([0.1, -0.3, 2.0]))
+    x = (_x(4, 3, *size, seed=3) * 1.5 + 0.4).requires_grad_()
+    grad_out = _x(4, 3, *size, seed=4)
+    results = []
+    for layer in layers:
+        y = layer.train()(x)
+        grads = torch.autograd.grad(y, (x, layer.weight, layer.bias), grad_out)
+        results.append((y, *grads, layer.running_mean, layer.running_var, layer.eval()(x), layer.fold()(x)))
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_closed_form_matches_the_float64_reference() -> None:
+    x = _x(16, 4, 8, 8, seed=5) * 2.0 + 0.7
+    reference = _layer(4, impl="fft").train()(x)
+    y = SpectralBatchNorm2d(4).train()(x.float())
+    torch.testing.assert_close(y.double(), reference, rtol=1e-5, atol=1e-5)
 
 
 # -- the method ----------------------------------------------------------------------------------------------

@@ -21,7 +21,12 @@ from cnnkit.regularizers.swd import SWD, SpectralWaveletDropout
 pytestmark = pytest.mark.filterwarnings("ignore:Level value of .* is too high:UserWarning")
 
 SIZES = [(8, 8), (7, 7), (4, 4), (5, 3)]
-IMPLS = ["conv", "matmul"]
+IMPLS = ["conv", "matmul", "structured"]
+
+
+def _impls(variant: str, mode: str = "zero") -> list[str]:
+    """The implementations that support ``variant`` and ``mode`` (1-D "structured" needs mode "zero")."""
+    return [i for i in IMPLS if i != "structured" or variant == "2d" or mode == "zero"]
 
 
 def _reference(x: torch.Tensor, scale: np.ndarray, variant: str, mode: str = "zero") -> np.ndarray:
@@ -74,7 +79,7 @@ def test_mask_drops_and_scales_bands_like_pywavelets(variant: str, mode: str, si
     for keep in ([True, False, True], [False, True, False], [False, False, False], [True, True, True]):
         mask = torch.tensor(keep)
         want = _reference(x, _scale(mask, p), variant, mode)
-        for impl in IMPLS:
+        for impl in _impls(variant, mode):
             layer = SpectralWaveletDropout(p, variant, mode=mode, impl=impl).train()
             np.testing.assert_allclose(layer.transform(x, mask).numpy(), want, atol=1e-10, err_msg=impl)
 
@@ -181,18 +186,46 @@ def test_bands_option_restricts_dropping_to_the_level_3_band() -> None:
 
 
 @pytest.mark.parametrize("variant", ["1d", "2d"])
-@pytest.mark.parametrize("granularity", ["batch", "sample_channel"])
-def test_matmul_and_conv_agree_and_auto_picks_by_size(variant: str, granularity: str) -> None:
-    x = torch.randn(4, 3, 7, 7)
-    layer = SpectralWaveletDropout(0.3, variant, mask_granularity=granularity)
-    keep = layer.sample_keep(x)
+@pytest.mark.parametrize("granularity", ["batch", "sample", "sample_channel"])
+@pytest.mark.parametrize("size", [(7, 7), (16, 16), (17, 9)])
+@pytest.mark.parametrize("bands", [(1, 2, 3), (2,), (1, 3)])
+def test_the_implementations_agree(
+    variant: str, granularity: str, size: tuple[int, int], bands: tuple[int, ...]
+) -> None:
+    x = torch.randn(4, 3, *size, dtype=torch.float64)
+    layer = SpectralWaveletDropout(0.3, variant, mask_granularity=granularity, bands=bands)
+    keep = layer.sample_keep(x, torch.Generator().manual_seed(1))
     layer.impl = "conv"
     conv = layer.transform(x, keep)
-    layer.impl = "matmul"
-    torch.testing.assert_close(layer.transform(x, keep), conv, atol=1e-5, rtol=1e-5)
-    layer.impl = "auto"
-    assert layer._use_matmul(x)
-    assert not layer._use_matmul(torch.empty(1, 1, 33, 33))
+    for impl in ("matmul", "structured"):
+        layer.impl = impl
+        torch.testing.assert_close(layer.transform(x, keep), conv, atol=1e-12, rtol=0, msg=impl)
+
+
+@pytest.mark.parametrize("mode", _dwt.MODES)
+def test_structured_2d_holds_in_every_mode_and_1d_only_in_zero_mode(mode: str) -> None:
+    x = torch.randn(2, 3, 9, 12, dtype=torch.float64)
+    keep = torch.tensor([True, False, True])
+    conv = SpectralWaveletDropout(0.2, "2d", mode=mode, impl="conv").transform(x, keep)
+    structured = SpectralWaveletDropout(0.2, "2d", mode=mode, impl="structured").transform(x, keep)
+    torch.testing.assert_close(structured, conv, atol=1e-12, rtol=0)
+    if mode != "zero":
+        with pytest.raises(ValueError, match="impl='structured' with variant='1d' needs mode='zero'"):
+            SpectralWaveletDropout(0.2, "1d", mode=mode, impl="structured")
+        with pytest.raises(ConfigError, match="needs mode='zero'"):
+            SWD(impl="structured", mode=mode)
+
+
+def test_auto_picks_dense_for_small_maps_then_structured() -> None:
+    def paths(variant: str, mode: str = "zero") -> list[str]:
+        layer = SpectralWaveletDropout(0.1, variant, mode=mode)
+        return [layer.path(torch.empty(1, 1, n, n)) for n in (4, 7, 8, 16, 17, 32, 33)]
+
+    assert paths("1d") == ["matmul"] * 4 + ["structured"] * 3  # dense up to N = 256
+    assert paths("2d") == ["matmul"] * 3 + ["structured"] * 4  # dense up to N = 64
+    assert paths("2d", "symmetric") == paths("2d")
+    assert paths("1d", "symmetric") == ["matmul"] * 6 + ["conv"]  # no 1-D structured form: N <= 1024
+    assert _dwt.DENSE_MAX_N == {"1d": 256, "2d": 64}
 
 
 @pytest.mark.parametrize("variant", ["1d", "2d"])
@@ -211,6 +244,10 @@ def test_gradcheck_with_a_fixed_mask(variant: str, impl: str) -> None:
     x = torch.randn(2, 2, 5, 3, dtype=torch.float64, requires_grad=True)
     keep = torch.tensor([[[True, False, True]], [[False, True, True]]])
     assert torch.autograd.gradcheck(lambda t: layer.transform(t, keep), (x,))
+    batch_keep = torch.tensor(
+        [True, False, True]
+    )  # one mask for the batch: 1-D "structured" has its own backward
+    assert torch.autograd.gradcheck(lambda t: layer.transform(t, batch_keep), (x,))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

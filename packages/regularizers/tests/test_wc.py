@@ -118,6 +118,25 @@ def test_gradcheck_float64(function: str, learnable: bool) -> None:
         assert torch.autograd.gradcheck(of_scales, scales)
 
 
+def _grads_after_backward(method: WC, model: nn.Module, old_formulation: bool) -> dict[str, Tensor]:
+    """Gradients of one step's task loss plus WC's decay: added by ``after_backward`` (the method), or
+    (``old_formulation``) by autograd of ``(λ/2)·Σ‖Ψ(v)‖²`` added to the loss, as WC did before."""
+    x, y = seeded_batch()
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    if old_formulation:
+        lam = method.config.weight_decay
+        weights = [cast(Tensor, m.weight) for _, m, _ in compander_layers(model)]
+        loss = loss + 0.5 * lam * sum(w.square().sum() for w in weights)
+    loss.backward()
+    if not old_formulation:
+        ctx = make_context()
+        ctx.model = model
+        method.after_backward(ctx)
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_fixed_variant_decays_psi_not_v() -> None:
     lam, a, b = 1e-3, 0.6, 0.7
     method = WC(weight_decay=lam)
@@ -128,15 +147,55 @@ def test_fixed_variant_decays_psi_not_v() -> None:
     assert wc_group["weight_decay"] == 0.0
     assert {id(p) for p in wc_group["params"]} == raw
     assert not raw & {id(p) for p in groups[0]["params"]}  # biases and BN stay in the default group
-    # the decay term's gradient w.r.t. v is λ·Ψ(v)·Ψ′(v) = a/b · 1/(1+(v/b)²) · λw
-    decay = method.extra_loss(model, make_context())
+    assert method.extra_loss(model, make_context()) == 0.0  # the decay goes to v.grad in after_backward
+    # after_backward adds λ·Ψ(v)·Ψ′(v) = a/b · 1/(1+(v/b)²) · λw to v.grad: the gradient autograd gives
+    # when (λ/2)·Σ‖Ψ(v)‖² is part of the loss
+    ours = _grads_after_backward(method, model, old_formulation=False)
+    reference = _grads_after_backward(method, model, old_formulation=True)
+    assert ours.keys() == reference.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-9)
+    # and the closed form, against the task-loss gradient alone
+    task = _grads_after_backward(WC(weight_decay=0.0), model, old_formulation=False)
+    for name, module, _ in compander_layers(model):
+        key = f"{name}.parametrizations.weight.original" if name else "parametrizations.weight.original"
+        v = _raw(module).detach()
+        w = a * torch.atan(v / b)
+        expected = a / b / (1 + (v / b) ** 2) * lam * w
+        # float32: the difference of two gradients loses ~1e-8 to cancellation
+        torch.testing.assert_close(ours[key] - task[key], expected, rtol=1e-4, atol=5e-8)
+    decay = method.decay_loss(model)
     assert isinstance(decay, Tensor)
     vs = [_raw(m) for _, m, _ in compander_layers(model)]
-    grads = torch.autograd.grad(decay, vs)
-    for v, grad in zip(vs, grads, strict=True):
+    for v, grad in zip(vs, torch.autograd.grad(decay, vs), strict=True):
         v = v.detach()
-        w = a * torch.atan(v / b)
-        torch.testing.assert_close(grad, a / b / (1 + (v / b) ** 2) * lam * w, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(grad, a / b / (1 + (v / b) ** 2) * lam * a * torch.atan(v / b))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"function": "erf"}, {"function": "arsinh"}, {"learnable": True, "weight_decay_on": "psi"}],
+)
+def test_decay_gradient_equals_the_old_formulation(overrides: dict[str, Any]) -> None:
+    method = WC(weight_decay=1e-2, **overrides)
+    model = method.apply(_model(), make_context())
+    ours = _grads_after_backward(method, model, old_formulation=False)
+    reference = _grads_after_backward(method, model, old_formulation=True)
+    assert ours.keys() == reference.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-9)
+
+
+def test_decay_gradient_on_a_masked_weight_equals_the_old_formulation() -> None:
+    model = _model()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    apply_mask(conv, torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5)
+    method = WC(weight_decay=1e-2)
+    model = method.apply(model, make_context())
+    ours = _grads_after_backward(method, model, old_formulation=False)
+    reference = _grads_after_backward(method, model, old_formulation=True)
+    for name in ours:
+        torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-9)
 
 
 def test_learnable_variant_decays_v_and_trains_a_b_without_decay() -> None:

@@ -29,10 +29,20 @@ Choices where the paper is silent (each a :class:`SWD.Config` option; defaults p
   2-D. ``include_shortcuts=True`` [paper]: the residual-path (downsample/shortcut) convolutions too.
 - ``p=0.1``: the paper tuned p per model in {0.1, ..., 0.5}; 0.1 is its most common choice.
 - The transform is our own torch DWT built from the PyWavelets filter bank (:mod:`._dwt`), not
-  pytorch_wavelets; its coefficients equal PyWavelets' in every mode. ``impl="auto"`` applies the whole
-  layer as one matrix product with precomputed dense band projections for maps of N ≤ 1024 values (the
-  same linear map, built from the conv transform; far fewer kernels on small maps) and as strided
-  convolutions for larger maps; ``"conv"`` / ``"matmul"`` force one implementation.
+  pytorch_wavelets; its coefficients equal PyWavelets' in every mode. With a fixed mask the layer is a
+  linear map y = x·(I + Σ_k w_k Q_k) (Q_k: keep only detail band k, w_k = scale − 1), so it need not run
+  the transform at all. ``impl`` picks one of four equal implementations:
+
+  - ``"matmul"``: one GEMM with the dense (N×N) band projections, N = H·W (built once from the conv
+    transform, cached);
+  - ``"structured"``: the same operator in O(N) form (:mod:`._dwt`): for 2-D the separable form
+    y = X + w_cV·X·P_H + P_Hᵀ·X·(w_cH·I + (w_cD − w_cH − w_cV)·P_H) with the per-axis high-band
+    projections P_H (one GEMM and one batched GEMM); for 1-D, mode ``"zero"`` only, one polyphase
+    ``conv1d`` (8 → 8 channels, 9 taps for db3) whose kernels are the shift-invariant blocks of the
+    operator;
+  - ``"conv"``: DWT → scale the bands → inverse DWT with strided convolutions;
+  - ``"auto"`` [choice, measured on CPU]: ``matmul`` for N ≤ ``DENSE_MAX_N`` (256 for 1-D, 64 for 2-D),
+    else ``structured`` where it applies, else ``matmul`` up to N = 1024 and ``conv`` beyond.
 """
 
 from __future__ import annotations
@@ -40,10 +50,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import Field, field_validator
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from cnnkit.core import MethodConfig
@@ -54,10 +65,19 @@ __all__ = ["SWD", "SpectralWaveletDropout"]
 
 Variant = Literal["1d", "2d"]
 Granularity = Literal["batch", "sample", "sample_channel"]
-Impl = Literal["auto", "conv", "matmul"]
+Impl = Literal["auto", "conv", "matmul", "structured"]
+Path = Literal["conv", "matmul", "structured"]
 
 LEVELS_1D = 3
 """Decomposition levels of 1D-SWD [paper] (2D-SWD: one level)."""
+
+
+def _check_structured(impl: str, variant: str, mode: str) -> None:
+    if impl == "structured" and variant == "1d" and mode != "zero":
+        raise ValueError(
+            f"impl='structured' with variant='1d' needs mode='zero' (got mode={mode!r}); "
+            "use impl='auto', 'matmul' or 'conv'"
+        )
 
 
 def _check_bands(bands: tuple[int, ...]) -> tuple[int, ...]:
@@ -76,7 +96,7 @@ class SpectralWaveletDropout(nn.Module):
         mode: DWT signal extension: ``"zero"``, ``"symmetric"`` or ``"periodization"``.
         bands: the detail bands that may be dropped (1-D: levels, 1 = finest; 2-D: 1, 2, 3 = LH, HL, HH).
         mask_granularity: one mask per call (``"batch"``), per sample, or per sample and channel.
-        impl: ``"auto"``, ``"conv"`` or ``"matmul"`` (see the module docstring).
+        impl: ``"auto"``, ``"conv"``, ``"matmul"`` or ``"structured"`` (see the module docstring).
         generator: optional random generator for the masks (default: torch's global one).
     """
 
@@ -99,10 +119,11 @@ class SpectralWaveletDropout(nn.Module):
             ("variant", variant, ("1d", "2d")),
             ("mode", mode, _dwt.MODES),
             ("mask_granularity", mask_granularity, ("batch", "sample", "sample_channel")),
-            ("impl", impl, ("auto", "conv", "matmul")),
+            ("impl", impl, ("auto", "conv", "matmul", "structured")),
         ):
             if value not in allowed:
                 raise ValueError(f"{what}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+        _check_structured(impl, variant, mode)
         self.p = float(p)
         self.variant = variant
         self.wavelet = _dwt.check_wavelet(wavelet)
@@ -151,17 +172,26 @@ class SpectralWaveletDropout(nn.Module):
         droppable = keep if len(index) == 3 else keep[..., index]
         # scale − 1 of each droppable band: 1/(1−p) − 1 when kept, −1 when dropped
         weight = droppable.to(x.dtype) * (1.0 / (1.0 - self.p)) - 1.0
-        if self._use_matmul(x):
+        path = self.path(x)
+        if path == "matmul":
             return self._matmul(x, weight)
+        if path == "structured":
+            return self._structured_1d(x, weight) if self.variant == "1d" else self._structured_2d(x, weight)
         scale = torch.ones(*keep.shape, dtype=x.dtype, device=x.device)
         scale[..., index] = weight + 1.0
         return self._conv(x, scale)
 
     # -- implementations ----------------------------------------------------------------------------
-    def _use_matmul(self, x: torch.Tensor) -> bool:
-        if self.impl == "auto":
-            return x.shape[-2] * x.shape[-1] <= _dwt.AUTO_MATMUL_MAX_N
-        return self.impl == "matmul"
+    def path(self, x: torch.Tensor) -> Path:
+        """The implementation used for maps shaped like ``x`` (see the module docstring)."""
+        if self.impl != "auto":
+            return cast(Path, self.impl)
+        n = x.shape[-2] * x.shape[-1]
+        if n <= _dwt.DENSE_MAX_N[self.variant]:
+            return "matmul"
+        if self.variant == "2d" or (self.mode == "zero" and self._kernels(x) is not None):
+            return "structured"
+        return "matmul" if n <= _dwt.AUTO_MATMUL_MAX_N else "conv"
 
     def _projections(self, x: torch.Tensor) -> torch.Tensor:
         level = LEVELS_1D if self.variant == "1d" else 1
@@ -187,6 +217,53 @@ class SpectralWaveletDropout(nn.Module):
         parts = (flat @ proj.permute(1, 0, 2).reshape(n, k * n)).view(b, c, k, n)
         return (flat + (weight.unsqueeze(-2) @ parts).squeeze(-2)).view(b, c, h, w)
 
+    def _kernels(self, x: torch.Tensor) -> torch.Tensor | None:
+        return _dwt.polyphase_kernels(self.wavelet, LEVELS_1D, self.bands, x.dtype, x.device)
+
+    def _structured_1d(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x·(I + Σ_k w_k Q_k) as one polyphase conv1d (zero mode; see :func:`._dwt.polyphase_kernels`)."""
+        kernels = self._kernels(x)
+        if kernels is None:
+            raise ValueError(f"impl='structured' does not support wavelet={self.wavelet!r} in 1-D")
+        b, c, h, w = x.shape
+        n = h * w
+        k, period, _, taps = kernels.shape
+        blocks = -(-n // period)
+        flat = x.reshape(b * c, n)
+        if blocks * period != n:
+            flat = F.pad(flat, (0, blocks * period - n))
+        phases = flat.view(b * c, blocks, period).transpose(1, 2)  # (R, P, blocks): x[j·P + c] → (c, j)
+        if weight.dim() == 1:  # one mask for the batch: one kernel
+            eye = _identity_kernel(period, taps, x.dtype, x.device)
+            kernel = torch.addmm(eye, weight.view(1, k), kernels.view(k, -1)).view(period, period, taps)
+            y = cast(torch.Tensor, _SelfAdjointConv.apply(phases, kernel))
+        else:
+            parts = F.conv1d(phases, kernels.view(k * period, period, taps), padding=taps // 2)
+            scaled = weight.expand(b, c, k).reshape(b * c, k, 1, 1) * parts.view(b * c, k, period, blocks)
+            y = phases + scaled.sum(1)
+        return y.transpose(1, 2).reshape(b * c, blocks * period)[:, :n].reshape(b, c, h, w)
+
+    def _structured_2d(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """y = X + w_cH·P_hᵀX P_L + w_cV·X P_H + w_cD·P_hᵀX P_H (separable, P_L = I − P_H)."""
+        b, c, h, w = x.shape
+        full = torch.zeros(*weight.shape[:-1], 3, dtype=x.dtype, device=x.device)
+        full[..., [band - 1 for band in self.bands]] = weight
+        col = _dwt.axis_projection(h, self.wavelet, self.mode, x.dtype, x.device).mT  # left factor P_hᵀ
+        row = _dwt.axis_projection(w, self.wavelet, self.mode, x.dtype, x.device)
+        rows = x.reshape(b * c * h, w)
+        if full.dim() == 1:  # y = X + w_cV·X P_H + P_hᵀ·X·(w_cH·I + (w_cD − w_cH − w_cV)·P_H)
+            w_h, w_v, w_d = full.unbind()
+            eye = _identity(w, x.dtype, x.device)
+            right = torch.addcmul(eye * w_h, row, w_d - w_h - w_v)
+            base = torch.addmm(rows, rows, row * w_v).view(b * c, h, w)
+            inner = (rows @ right).view(b * c, h, w)
+            return torch.baddbmm(base, col.expand(b * c, h, h), inner).view(b, c, h, w)
+        # per-sample weights: y = X + w_cH·P_hᵀX + w_cV·U + (w_cD − w_cH − w_cV)·P_hᵀU, U = X P_H
+        u = (rows @ row).view(b * c, h, w)
+        both = torch.matmul(col, torch.cat([x.reshape(b * c, h, w), u], dim=-1)).view(b, c, h, 2 * w)
+        w_h, w_v, w_d = (t.expand(b, c)[..., None, None] for t in full.unbind(-1))
+        return x + w_h * both[..., :w] + w_v * u.view(b, c, h, w) + (w_d - w_h - w_v) * both[..., w:]
+
     def _conv(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """DWT → scale the detail bands (``scale``: (..., 3)) → inverse DWT → crop."""
         b, c, h, w = x.shape
@@ -204,6 +281,39 @@ class SpectralWaveletDropout(nn.Module):
 def _flat_identity(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         return torch.eye(n, dtype=dtype, device=device).view(1, n * n)
+
+
+class _SelfAdjointConv(torch.autograd.Function):
+    """``conv1d(x, K, padding=T)`` whose input gradient is the forward conv with the adjoint kernel
+    K*[i, o, t] = K[o, i, 2T − t] (measured on CPU: autograd's conv1d backward for 8→8 channels took
+    3-5× the forward). No gradient for ``K``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        return F.conv1d(x, kernel, padding=kernel.shape[-1] // 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (kernel,) = ctx.saved_tensors
+        adjoint = kernel.transpose(0, 1).flip(-1).contiguous()
+        return F.conv1d(grad.contiguous(), adjoint, padding=kernel.shape[-1] // 2), None
+
+
+@lru_cache(maxsize=32)
+def _identity(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.eye(n, dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=32)
+def _identity_kernel(period: int, taps: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, P·P·taps): the identity as a P→P-channel conv1d kernel (centre tap), flattened."""
+    with torch.inference_mode(False):
+        kernel = torch.zeros(period, period, taps, dtype=dtype, device=device)
+        kernel[:, :, taps // 2] = torch.eye(period, dtype=dtype, device=device)
+        return kernel.view(1, -1)
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -245,7 +355,9 @@ class SWD(ConvSiteLayerMethod):
             (1, 2, 3), min_length=1, max_length=3, description="detail bands that may be dropped"
         )
         mask_granularity: Granularity = Field("batch", description="one mask per batch/sample/channel")
-        impl: Impl = Field("auto", description="auto: dense matmul for H·W <= 1024, else convolutions")
+        impl: Impl = Field(
+            "auto", description="auto: dense matmul for small maps, else structured (or conv); see docs"
+        )
 
         @field_validator("wavelet")
         @classmethod
@@ -256,6 +368,11 @@ class SWD(ConvSiteLayerMethod):
         @classmethod
         def _distinct_bands(cls, value: tuple[int, ...]) -> tuple[int, ...]:
             return _check_bands(value)
+
+        @model_validator(mode="after")
+        def _structured_needs_zero_mode(self) -> SWD.Config:
+            _check_structured(self.impl, self.variant, self.mode)
+            return self
 
     config: Config
     layer_type = SpectralWaveletDropout

@@ -13,11 +13,15 @@ function is unchanged. :meth:`WC.export` folds ``Ψ(v)`` back into plain weights
 Weight decay [paper]: with fixed ``a, b`` it acts on ``w = Ψ(v)``, not on ``v``; with learnable per-layer
 ``a, b`` ("fine" variant) it acts on ``v`` only, never on ``a, b``. Implemented as follows:
 
-* ``psi``: :meth:`WC.param_groups` puts every ``v`` in a group with ``weight_decay=0`` and
-  :meth:`WC.extra_loss` adds ``(λ/2)·Σ‖Ψ(v)‖²``, whose gradient is ``λ·Ψ(v)·Ψ′(v)`` (PyTorch's meaning of
-  "weight decay λ", applied to ``w``). ``λ`` is :attr:`WC.Config.weight_decay`, because a method does not
-  know the optimizer's value: set it to the run's weight decay (1e-4 ImageNet / CIFAR-10 ResNets, 5e-4
-  CIFAR-100 and CIFAR-10 VGGs).
+* ``psi``: :meth:`WC.param_groups` puts every ``v`` in a group with ``weight_decay=0`` and the gradient of
+  ``(λ/2)·Σ‖Ψ(v)‖²``, ``λ·Ψ(v)·Ψ′(v)`` (PyTorch's meaning of "weight decay λ", applied to ``w``), is added
+  to ``v.grad`` in :meth:`WC.after_backward`, elementwise and without an autograd graph [choice: the same
+  gradient as adding the term to the loss, which recomputed ``Ψ(v)`` and its backward each step; the
+  reported loss no longer includes the decay term]. Learnable ``a, b`` and weights with inner
+  parametrizations (masks) take that gradient from autograd of the same term, also in
+  :meth:`WC.after_backward`. ``λ`` is :attr:`WC.Config.weight_decay`, because a method does not know the
+  optimizer's value: set it to the run's weight decay (1e-4 ImageNet / CIFAR-10 ResNets, 5e-4 CIFAR-100
+  and CIFAR-10 VGGs).
 * ``v``: the ``v`` tensors form a group with ``weight_decay=λ`` (the optimizer's own decay), ``a, b`` a group
   with ``weight_decay=0``; no extra loss.
 
@@ -192,6 +196,22 @@ def _raw(module: nn.Module) -> Tensor:
     return cast(parametrize.ParametrizationList, plists["weight"]).original
 
 
+def _nested(module: nn.Module) -> bool:
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    return len(cast(parametrize.ParametrizationList, plists["weight"])) > 1
+
+
+def _fixed_decay_gradient(v: Tensor, compander: Compander, lam: float) -> Tensor:
+    """``λ·Ψ(v)·Ψ′(v)`` for fixed ``a, b``; for arctan ``λ·(a²/b)·arctan(z)/(1 + z²)``, ``z = v/b``."""
+    a, b = compander.scales()
+    z = v / b
+    factor = (lam * a * a / b).to(v.dtype)  # 0-dim tensors: no host synchronization on CUDA
+    if compander.function == "arctan":
+        return torch.atan(z).mul_(factor).div_(z.square_().add_(1.0))
+    shape = compander.shape_fn
+    return shape.f(z).mul_(shape.derivative(z)).mul_(factor)
+
+
 class WC(Method):
     """Weight Compander: ``w = a·arctan(v/b)`` on every conv and linear weight.
 
@@ -305,7 +325,10 @@ class WC(Method):
                 module.weight = weight
         return compander
 
-    def extra_loss(self, model: nn.Module, ctx: Context) -> Tensor | float:
+    def decay_loss(self, model: nn.Module) -> Tensor | float:
+        """``(λ/2)·Σ‖Ψ(v)‖²`` over every compander weight of ``model`` (``0.0`` unless decay acts on ``psi``).
+
+        Not part of :meth:`extra_loss`: :meth:`after_backward` adds its gradient directly."""
         lam = self.config.weight_decay
         if self.decay_on != "psi" or lam == 0.0:
             return 0.0
@@ -328,6 +351,7 @@ class WC(Method):
         return [g for g in groups if g["params"]]
 
     def after_backward(self, ctx: Context) -> None:
+        self._add_decay_gradient(ctx.model)
         if self.config.adaptive_optimizer != "powerprop_rescale":
             return
         self._pending = []
@@ -339,6 +363,29 @@ class WC(Method):
                 slope = compander.derivative(v)
                 v.grad.div_(slope)  # the optimizer sees ∂L/∂w
                 self._pending.append((v, v.detach().clone(), slope))
+
+    def _add_decay_gradient(self, model: nn.Module | None) -> None:
+        """``v.grad += λ·Ψ(v)·Ψ′(v)``, the gradient of ``(λ/2)‖Ψ(v)‖²`` (decay on ``psi`` only)."""
+        lam = self.config.weight_decay
+        if self.decay_on != "psi" or lam == 0.0:
+            return
+        layers = self._layers if model is None else [(m, c) for _, m, c in compander_layers(model)]
+        for module, compander in layers:
+            v = _raw(module)
+            if not v.requires_grad:
+                continue
+            if compander.learnable or _nested(module):  # a, b or inner parametrizations need autograd
+                with torch.enable_grad():
+                    decay = 0.5 * lam * cast(Tensor, module.weight).square().sum()
+                    inputs = [p for p in (v, *compander.parameters()) if p.requires_grad]
+                    decay.backward(inputs=inputs)  # type: ignore[no-untyped-call]
+                continue
+            with torch.no_grad():
+                grad = _fixed_decay_gradient(v, compander, lam)
+                if v.grad is None:
+                    v.grad = grad
+                else:
+                    v.grad.add_(grad)
 
     def after_step(self, ctx: Context) -> None:
         with torch.no_grad():
