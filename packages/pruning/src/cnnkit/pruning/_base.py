@@ -23,10 +23,19 @@ function, :meth:`ScoredPruner.score` (higher = keep), and the base class does th
 4. the masks are attached with core's ``prune`` parametrization (``w = m⊙θ``,
    :func:`cnnkit.core.masks.apply_mask`); a freezer overrides :meth:`ScoredPruner.attach_mask`.
 
+Interspace Pruning (``interspace=True``, METHODS.md §12, :mod:`cnnkit.pruning.interspace`): before step 2
+every conv with a K×K kernel, K > 1, is converted in place (same module objects) so that its ``weight`` holds
+the coefficients ``Λ`` of a trainable per-layer basis ``F``; steps 1–4 then act on ``Λ`` unchanged (1×1
+convs and linears stay spatial, in the same pool). ``param_groups`` gives the bases their own group
+(``basis_weight_decay = 0``); ``export`` bakes the masks, then turns the convs back into plain dense
+``nn.Conv2d``.
+
 Events: ``after_step`` calls :func:`~cnnkit.core.masks.enforce_masks` (the METHODS.md §1.8 safety net against
 coupled weight decay); ``export`` = :func:`~cnnkit.core.masks.bake_masks`; ``stats`` reports density and
-sparsity over the maskable weights, the kept count, the density over all parameters and the effective MACs
-ratio ``Σ_l MAC_l·κ_l / Σ_l MAC_l`` (one forward of one example input).
+sparsity over the maskable weights, the kept count, the density over all parameters, the effective MACs
+ratio ``Σ_l MAC_l·κ_l / Σ_l MAC_l`` (one forward of one example input), the survey's counts
+(:func:`drt_stats`: trained / dense / stored parameters) and, under IP, the basis entries and the sparsity
+with them counted (``basis_params``, ``sparsity_with_basis``).
 
 Choices [METHODS.md §9e, §9h], all config options: masks are computed on ``θ₀`` and training starts from the
 same ``θ₀`` (``reinit_after_mask=False``; ``True`` re-initialises the model with ``reset_parameters`` under
@@ -51,8 +60,24 @@ from torch.nn.utils import parametrize
 from cnnkit.core.config import MethodConfig
 from cnnkit.core.context import Batch, Context
 from cnnkit.core.cost import count_flops, count_params
-from cnnkit.core.masks import apply_mask, bake_masks, enforce_masks, is_masked, maskable_modules
+from cnnkit.core.masks import (
+    apply_mask,
+    bake_masks,
+    enforce_masks,
+    get_weight_mask,
+    is_masked,
+    maskable_modules,
+    masked_modules,
+)
 from cnnkit.core.method import Method, MethodNotApplicableError
+from cnnkit.pruning.interspace import (
+    basis_params,
+    from_interspace,
+    idle_basis_params,
+    interspace_param_groups,
+    interspace_stats,
+    prepare_interspace,
+)
 
 __all__ = [
     "DataPrunerConfig",
@@ -86,6 +111,14 @@ class PrunerConfig(MethodConfig):
         normalize: ``"sum"`` divides the scores by ``|Σ s|`` (ranking-invariant); ``"none"`` leaves them.
         reinit_after_mask: re-initialise the model (``reset_parameters``, seeded by ``ctx.seed``) after
             scoring.
+        interspace: Interspace Pruning (METHODS.md §12, :mod:`cnnkit.pruning.interspace`): every conv with
+            a K×K kernel, K > 1, holds coefficients ``Λ`` of a trainable per-layer basis ``F``; the score
+            and the mask act on ``Λ``; 1×1 convs and linears stay spatial in the same pool.
+        basis_init: ``F₀``: ``"dct"`` (orthonormal 2-D DCT-II) or ``"identity"`` (standard pruning).
+        train_basis: whether ``F`` is trained jointly with ``Λ``.
+        basis_weight_decay: weight decay of the bases' optimizer group (``Λ`` keeps the run's).
+        basis_scope: ``"layer"``: one basis per conv layer (the only scope).
+        pointwise_layers: ``"sp"``: 1×1 convs and linear layers stay in the spatial representation.
     """
 
     sparsity: float = Field(0.9, gt=0.0, lt=1.0, description="fraction of maskable weights not kept")
@@ -94,6 +127,12 @@ class PrunerConfig(MethodConfig):
     exclude: tuple[str, ...] = Field((), description="module names kept dense; 'first' / 'last' allowed")
     normalize: Literal["sum", "none"] = Field("sum", description="divide scores by |sum| (ranking-invariant)")
     reinit_after_mask: bool = Field(False, description="re-initialise the model after scoring")
+    interspace: bool = Field(False, description="Interspace Pruning: mask the coefficients of a filter basis")
+    basis_init: Literal["dct", "identity"] = Field("dct", description="IP basis F0 (identity = SP)")
+    train_basis: bool = Field(True, description="IP: train the basis F jointly with the coefficients")
+    basis_weight_decay: float = Field(0.0, ge=0.0, description="IP: weight decay of the bases")
+    basis_scope: Literal["layer"] = Field("layer", description="IP: one basis per conv layer")
+    pointwise_layers: Literal["sp"] = Field("sp", description="IP: 1x1 convs / linears stay spatial")
 
 
 class DataPrunerConfig(PrunerConfig):
@@ -282,20 +321,23 @@ def drt_stats(model: nn.Module, *, seeded_frozen: bool = False) -> dict[str, flo
     """The survey's dimensionality-reduced-training counts (METHODS.md §15), shared by every pruner/freezer.
 
     - ``trained_params`` (D): scalar parameters that training updates -- kept entries of masked tensors
-      plus every other parameter that requires grad (biases, BN, IP bases);
+      plus every other parameter that requires grad (biases, BN, IP bases), less the IP basis rows that no
+      kept coefficient uses (:func:`~cnnkit.pruning.interspace.idle_basis_params`);
+    - ``basis_params``: entries of the IP bases (``K⁴`` per converted conv; 0 without IP);
     - ``dense_params`` (N): scalar parameters of the model with every masked tensor counted dense;
     - ``trained_fraction``: D / N, the one axis on which the bench puts pruning and freezing methods;
     - ``stored_params``: values needed to store the trained model besides the mask bits: D, plus one
       32-bit seed when the untrained background is regenerated from a seed (FreezeNet).
     """
     counts = count_params(model)
-    trained = float(counts.trainable)
+    trained = float(counts.trainable - idle_basis_params(model))
     dense = float(counts.total)
     return {
         "trained_params": trained,
         "dense_params": dense,
         "trained_fraction": trained / dense if dense else 1.0,
         "stored_params": trained + (1.0 if seeded_frozen else 0.0),
+        "basis_params": float(basis_params(model)),
     }
 
 
@@ -385,6 +427,7 @@ class ScoredPruner(Method):
         taken = [name for name, module in targets if is_masked(module)]
         if taken:
             raise ValueError(f"{self._owner()}: weights of {taken} are already masked by another method")
+        prepare_interspace(model, self.config)  # in place: the same modules, `weight` now holds Λ
         masks = self.select(self.compute_scores(model, ctx))
         if self.config.reinit_after_mask:
             _reinitialize(model, ctx)
@@ -400,7 +443,10 @@ class ScoredPruner(Method):
             enforce_masks(model)
 
     def export(self, model: nn.Module) -> nn.Module:
-        return bake_masks(model)
+        return from_interspace(bake_masks(model))
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return interspace_param_groups(model, self.config)
 
     def stats(self, model: nn.Module) -> dict[str, float]:
         counts = count_params(model)
@@ -410,13 +456,23 @@ class ScoredPruner(Method):
             "kept": float(counts.masked_kept),
             "maskable": float(counts.masked_total),
             "overall_density": counts.density,
-            **drt_stats(model, seeded_frozen=False),
+            **drt_stats(model, seeded_frozen=_seeded_background(model)),
+            **interspace_stats(model, float(counts.masked_kept), float(counts.masked_total)),
         }
         if self._example is not None:
             flops = count_flops(model, self._example)
             if flops.macs > 0:
                 out["effective_macs_ratio"] = flops.effective_macs / flops.macs
         return out
+
+
+def _seeded_background(model: nn.Module) -> bool:
+    """Whether some frozen background is regenerable from a seed (stored as one seed, not as values)."""
+    for _, module, name in masked_modules(model):
+        wm = get_weight_mask(module, name)
+        if wm is not None and wm.mode == "freeze" and wm.seed_value is not None:
+            return True
+    return False
 
 
 def _reinitialize(model: nn.Module, ctx: Context) -> None:

@@ -4,8 +4,8 @@ Paper: P. Wimmer, J. Mehnert, A. Condurache, "COPS: Controlled Pruning Before Tr
 arXiv 2107.12673. Only the abstract could be read. It says that COPS combines several (generalized synaptic)
 scores by a constrained optimization problem, relaxes it to a linear program and solves that analytically,
 with a numerical algorithm for two scores that beats general LP solvers. The problem and the algorithms below
-are the reconstruction of METHODS.md §10, not the paper's text. This module is the solver only; the pruner
-method that computes the scores and applies the mask wraps :func:`combine`.
+are the reconstruction of METHODS.md §10, not the paper's text. This module holds the solver (:func:`combine`)
+and the pruner method :class:`COPS` that computes the scores and applies the mask (see "The method" below).
 
 The problem (METHODS §10b)
 --------------------------
@@ -104,6 +104,28 @@ Fewer than 2 scores, non-tensors, complex dtypes, mismatched shapes or devices, 
 ``keep`` outside [1, d], a wrong number of controls or a control outside [0, 1], an unknown ``normalize`` /
 ``baseline`` raise ``ValueError`` (``TypeError`` for wrong types) naming the argument and the allowed values.
 Infeasible controls raise :class:`InfeasibleControlsError` (a ``ValueError``).
+
+The method (``cops``)
+---------------------
+:class:`COPS` is a :class:`~cnnkit.pruning._base.ScoredPruner`. Its config names the scores to combine
+(``scores``, main score first; default ``("snip", "synflow")``, METHODS §10c/§10h: task-specific vs
+data-free), each a pruner of :mod:`cnnkit.pruning.scores` whose ``compute_scores`` is called on the model at
+``apply`` with the COPS config's ``sparsity``, ``scope``, ``include`` and ``exclude`` (plus ``batches`` and
+``scoring_mode`` for the data-dependent ``snip`` and ``grasp``: all of them score on the same batches, METHODS
+§10d–e), and ``score_configs`` for any other option of a sub-score (e.g. ``{"synflow": {"rounds": 20}}``).
+The sub-scores are taken raw (``normalize="none"``) and normalised by the solver (``normalize="l1"``: each
+score divided by Σ|sⱼ| over all maskable weights, METHODS §10c; for ``scope="layerwise"`` over the layer).
+``controls`` are γ₂..γₙ (default 0.5 each, METHODS §10h; one value is used for every auxiliary score);
+``baseline`` picks the control form (default ``"auto"``: range form for signed scores such as GraSP's).
+
+* ``scope="global"``: one LP over all maskable weights concatenated (model order), ``k = ⌈(1 − q)·N⌉``;
+* ``scope="layerwise"``: one LP per maskable tensor with ``k_l = ⌈(1 − q)·N_l⌉``.
+
+The mask is the solver's binary mask (exactly ``k`` ones). ``stats`` adds, for the global LP, the dual
+multipliers ``cops_lambda_j`` (finite ones) and ``cops_achieved_j / cops_rhs_j`` (⟨ŝⱼ, m⟩ and cⱼ on the
+normalised scores). Only the ``fraction_of_best`` control form is implemented (``constraint``); METHODS §10h's
+``maxmin`` form and the ``solver`` choice (``bisection``/``subgradient``/``highs``) are not offered: the exact
+search above serves every n.
 """
 
 from __future__ import annotations
@@ -111,15 +133,23 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from decimal import Decimal
+from functools import partial
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from pydantic import Field, model_validator
+from torch import Tensor, nn
 
-__all__ = ["CombineResult", "CopsLP", "InfeasibleControlsError", "build_lp", "combine"]
+from cnnkit.core.config import ConfigError
+from cnnkit.core.context import Context
+from cnnkit.pruning._base import DataPrunerConfig, ScoredPruner, keep_count
+
+__all__ = ["COPS", "CombineResult", "CopsLP", "InfeasibleControlsError", "build_lp", "combine"]
 
 Normalize = Literal["l1", "none"]
 Baseline = Literal["auto", "zero", "range"]
@@ -965,3 +995,158 @@ def _infeasible_message(err: _Infeasible, lp: CopsLP) -> str:
         f"{err.required:.17g} (normalized scores), but the largest value achievable with keep={lp.keep}"
         f"{others} is {err.achievable:.17g}; lower the control{hint}"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The pruner method
+# ----------------------------------------------------------------------------------------------------------
+
+ScoreName = Literal["snip", "synflow", "grasp", "magnitude", "random"]
+_DATA_SCORES = frozenset({"snip", "grasp"})
+Control = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _scorer_classes() -> dict[str, type[ScoredPruner]]:
+    from cnnkit.pruning.scores import SNIP, GraSP, Magnitude, Random, SynFlow
+
+    return {"snip": SNIP, "synflow": SynFlow, "grasp": GraSP, "magnitude": Magnitude, "random": Random}
+
+
+class COPS(ScoredPruner):
+    """COPS (Wimmer, Mehnert, Condurache, IJCNN 2021): maximize the main score's value subject to keeping
+    γⱼ of each auxiliary score's best value (the LP of :func:`combine`); see the module docstring.
+
+    Args:
+        scores: names of the scores to combine, main score first (``snip``, ``synflow``, ``grasp``,
+            ``magnitude``, ``random``), at least 2, no repeats.
+        controls: γ₂..γₙ in [0, 1], one per auxiliary score (a single value applies to all).
+        baseline: the control form: ``"auto"`` (range form for signed scores), ``"zero"``, ``"range"``.
+        constraint: ``"fraction_of_best"`` (cⱼ = γⱼ·Bⱼ), the only form implemented.
+        normalize: ``"l1"`` (each score divided by Σ|sⱼ| before the LP) or ``"none"``.
+        score_configs: extra config of a sub-score by name, e.g. ``{"synflow": {"rounds": 20}}``.
+        batches, scoring_mode: given to the data-dependent sub-scores (``snip``, ``grasp``).
+        sparsity, scope, include, exclude, reinit_after_mask: see :class:`~cnnkit.pruning._base.PrunerConfig`.
+    """
+
+    name = "cops"
+    needs_data = True
+    contract_config: ClassVar[Any] = MappingProxyType({"score_configs": {"synflow": {"rounds": 5}}})
+
+    class Config(DataPrunerConfig):
+        scores: tuple[ScoreName, ...] = Field(
+            ("snip", "synflow"), min_length=2, description="scores to combine, main score first"
+        )
+        controls: tuple[Control, ...] = Field(
+            (0.5,), min_length=1, description="γ per auxiliary score in [0, 1] (one value: all)"
+        )
+        baseline: Literal["auto", "zero", "range"] = Field(
+            "auto", description="control form of signed scores"
+        )
+        constraint: Literal["fraction_of_best"] = Field(
+            "fraction_of_best", description="c_j = γ_j · (best achievable value of s_j)"
+        )
+        normalize: Literal["l1", "none"] = Field(  # type: ignore[assignment]
+            "l1", description="divide each score by its L1 norm"
+        )
+        score_configs: dict[str, dict[str, Any]] = Field(
+            default_factory=dict, description="extra config per sub-score name"
+        )
+
+        @model_validator(mode="after")
+        def _consistent(self) -> COPS.Config:
+            if len(set(self.scores)) != len(self.scores):
+                raise ValueError(f"scores must not repeat a name; got {list(self.scores)}")
+            aux = len(self.scores) - 1
+            if len(self.controls) not in (1, aux):
+                raise ValueError(
+                    f"controls needs one value per auxiliary score ({aux} for scores={list(self.scores)}) "
+                    f"or a single value for all; got {len(self.controls)}"
+                )
+            unknown = set(self.score_configs) - set(self.scores)
+            if unknown:
+                raise ValueError(f"score_configs names {sorted(unknown)}, which are not in scores")
+            return self
+
+    config: Config
+
+    def __init__(self, *, config: Any = None, **overrides: Any) -> None:
+        super().__init__(config=config, **overrides)
+        self.scorers: list[ScoredPruner] = [self._scorer(name) for name in self.config.scores]
+        self._sets: list[dict[str, Tensor]] | None = None
+        self._results: list[CombineResult] = []
+
+    def _scorer(self, name: str) -> ScoredPruner:
+        cfg = self.config
+        values: dict[str, Any] = {
+            "sparsity": cfg.sparsity,
+            "scope": cfg.scope,
+            "include": cfg.include,
+            "exclude": cfg.exclude,
+            "normalize": "none",
+        }
+        if name in _DATA_SCORES:
+            values.update(batches=cfg.batches, scoring_mode=cfg.scoring_mode)
+        values.update(cfg.score_configs.get(name, {}))
+        try:
+            return _scorer_classes()[name](**values)
+        except ConfigError as exc:
+            raise ConfigError(self._owner(), [(f"score_configs.{name}", str(exc))]) from None
+
+    @property
+    def control_values(self) -> tuple[float, ...]:
+        """γ₂..γₙ, one per auxiliary score."""
+        controls = self.config.controls
+        return controls * (len(self.config.scores) - 1) if len(controls) == 1 else controls
+
+    def score_sets(self, model: nn.Module, ctx: Context) -> list[dict[str, Tensor]]:
+        """The sub-scores of ``model``'s maskable weights, one dict per name of ``scores`` (main first)."""
+        return [scorer.compute_scores(model, ctx) for scorer in self.scorers]
+
+    def combine_masks(self, sets: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """Keep-masks solving the COPS LP of the sub-scores (global: one LP; layerwise: one per tensor)."""
+        cfg = self.config
+        names = list(sets[0])
+        density = Decimal(1) - Decimal(repr(cfg.sparsity))
+        solve = partial(combine, controls=self.control_values, normalize=cfg.normalize, baseline=cfg.baseline)
+        if cfg.scope == "layerwise":
+            self._results = []
+            out = {}
+            for n in names:
+                layer = [s[n] for s in sets]
+                result = solve(layer, keep_count(layer[0].numel(), density))
+                self._results.append(result)
+                out[n] = result.mask
+            return out
+        flat = [torch.cat([s[n].detach().reshape(-1).double() for n in names]) for s in sets]
+        result = solve(flat, keep_count(flat[0].numel(), density))
+        self._results = [result]
+        parts = torch.split(result.mask, [sets[0][n].numel() for n in names])
+        return {n: p.view(sets[0][n].shape) for n, p in zip(names, parts, strict=True)}
+
+    def compute_scores(self, model: nn.Module, ctx: Context) -> dict[str, Tensor]:
+        """The main score (all sub-scores are kept for :meth:`select`)."""
+        self._sets = self.score_sets(model, ctx)
+        return self._sets[0]
+
+    def select(self, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The COPS masks for the sub-scores computed with ``scores`` by :meth:`compute_scores`."""
+        if self._sets is None or self._sets[0] is not scores:
+            raise ValueError(
+                f"{self._owner()}: select() needs every sub-score: call compute_scores() first, "
+                "or use combine_masks(score_sets(model, ctx))"
+            )
+        sets, self._sets = self._sets, None
+        return self.combine_masks(sets)
+
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        out = super().stats(model)
+        if len(self._results) == 1:
+            result = self._results[0]
+            for j, (lam, got, rhs) in enumerate(
+                zip(result.lambdas, result.achieved, result.rhs, strict=True), start=2
+            ):
+                if math.isfinite(lam):
+                    out[f"cops_lambda_{j}"] = float(lam)
+                out[f"cops_achieved_{j}"] = float(got)
+                out[f"cops_rhs_{j}"] = float(rhs)
+        return out

@@ -14,6 +14,33 @@ _SCORES = "cnnkit.pruning.scores"
 
 METHOD_SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
+        name="cops",
+        kind="pruner",
+        target="cnnkit.pruning.cops:COPS",
+        summary="COPS: combine n >= 2 pruning scores by an LP (max <s1,m> s.t. <sj,m> >= gj*Bj), exactly.",
+        paper="Wimmer, Mehnert, Condurache. COPS: Controlled Pruning Before Training Starts. IJCNN 2021. "
+        "arXiv:2107.12673",
+        tags=("pruning-at-init", "combined", "lp", "unstructured"),
+    ),
+    MethodSpec(
+        name="freezenet",
+        kind="pruner",
+        target="cnnkit.pruning.freezenet:FreezeNet",
+        summary="FreezeNet: train only the top SNIP-scored weights; the rest stay at init (never zeroed).",
+        paper="Wimmer, Mehnert, Condurache. FreezeNet: Full Performance by Reduced Storage Costs. ACCV 2020. "
+        "arXiv:2011.14087",
+        tags=("freezing-at-init", "data", "gradient", "unstructured"),
+    ),
+    MethodSpec(
+        name="imp",
+        kind="pruner",
+        target="cnnkit.pruning.imp:IMP",
+        summary="Lottery tickets: iterative magnitude pruning, 20% per round globally, rewinding to step k.",
+        paper="Frankle, Carbin. The Lottery Ticket Hypothesis. ICLR 2019. arXiv:1803.03635; Frankle et al. "
+        "Linear Mode Connectivity and the Lottery Ticket Hypothesis. ICML 2020. arXiv:1912.05671",
+        tags=("lottery-ticket", "iterative", "rewinding", "unstructured"),
+    ),
+    MethodSpec(
         name="grasp",
         kind="pruner",
         target=f"{_SCORES}:GraSP",
@@ -35,6 +62,24 @@ METHOD_SPECS: tuple[MethodSpec, ...] = (
         target=f"{_SCORES}:Random",
         summary="Random pruning at initialization: an exact random top-k, seeded by the run's seed.",
         tags=("pruning-at-init", "data-free", "baseline", "unstructured"),
+    ),
+    MethodSpec(
+        name="rigl",
+        kind="pruner",
+        target="cnnkit.pruning.dst:RigL",
+        summary="RigL: dynamic sparse training; drop smallest magnitudes, grow largest dense gradients.",
+        paper="Evci, Gale, Menick, Castro, Elsen. Rigging the Lottery: Making All Tickets Winners. "
+        "ICML 2020. arXiv:1911.11134",
+        tags=("dynamic-sparse-training", "gradient", "unstructured"),
+    ),
+    MethodSpec(
+        name="set",
+        kind="pruner",
+        target="cnnkit.pruning.dst:SET",
+        summary="SET: dynamic sparse training; drop smallest magnitudes, regrow at random.",
+        paper="Mocanu et al. Scalable training of artificial neural networks with adaptive sparse "
+        "connectivity inspired by network science. Nature Communications 2018. arXiv:1707.04780",
+        tags=("dynamic-sparse-training", "data-free", "unstructured"),
     ),
     MethodSpec(
         name="snip",

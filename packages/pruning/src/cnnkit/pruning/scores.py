@@ -35,6 +35,13 @@ e.g. a weight compander, are baked into the scoring copy first).
   round's scores are returned; the base class keeps their top ``⌈κN⌉``. The model itself never changes
   sign (the official code's ``abs`` / sign restore happens on the copy only).
 
+Interspace Pruning (``interspace=True``, METHODS.md §12, :mod:`cnnkit.pruning.interspace`): every conv with
+a K×K kernel, K > 1, is converted before scoring, and its ``weight`` holds the coefficients ``Λ`` of a
+filter basis ``F``. Each score above then acts on ``Λ`` through the same code: magnitude ``|Λ|``, SNIP
+``|Λ ⊙ ∂L/∂Λ|``, GraSP ``Λ ⊙ H_Λ g_Λ`` (``g`` over all coefficients and spatial weights), SynFlow
+``|Λ ⊙ ∂R/∂Λ|`` with ``R`` computed through ``W = |Λ|·|F|`` (``synflow_abs="lambda_and_basis"``, our choice)
+or ``|Λ|·F`` (``"lambda_only"``).
+
 Choices where the official code is silent or differs (METHODS.md §9e, §9h), all config options:
 
 * ``scoring_mode="train"`` for SNIP and GraSP (the official codes score the network in training mode, BN on
@@ -72,6 +79,7 @@ from cnnkit.pruning._base import (
     select_masks,
     to_model,
 )
+from cnnkit.pruning.interspace import interspace_modules
 
 __all__ = [
     "SNIP",
@@ -190,11 +198,13 @@ def synflow_densities(density: float | Decimal, rounds: int, schedule: str = "ex
     raise ValueError(f"schedule must be 'exponential' or 'linear'; got {schedule!r}")
 
 
-def _linearize(model: nn.Module, dtype: torch.dtype) -> None:
+def _linearize(model: nn.Module, dtype: torch.dtype, abs_basis: bool = True) -> None:
     model.to(dtype)
+    signed = [] if abs_basis else [m.basis for _, m in interspace_modules(model)]
+    keep = {id(t) for t in signed}
     with torch.no_grad():
         for t in chain(model.parameters(), model.buffers()):
-            if t.is_floating_point():
+            if t.is_floating_point() and id(t) not in keep:
                 t.abs_()
 
 
@@ -206,13 +216,15 @@ def synflow_scores(
     densities: Sequence[float] = (),
     scope: Literal["global", "layerwise"] = "global",
     dtype: torch.dtype = torch.float64,
+    abs_basis: bool = True,
 ) -> dict[str, Tensor]:
     """SynFlow on ``model`` (changed in place: ``abs`` of every state entry, ``dtype``; mode as set).
 
     One round per entry of ``densities`` (mask re-selected at that density among the kept entries), then
-    a final round whose scores ``|θ ⊙ ∂R/∂θ|``, ``R = Σ model(ones)``, are returned.
+    a final round whose scores ``|θ ⊙ ∂R/∂θ|``, ``R = Σ model(ones)``, are returned. Under Interspace
+    Pruning ``θ`` is the coefficients ``Λ``; ``abs_basis=False`` keeps the bases ``F`` signed.
     """
-    _linearize(model, dtype)
+    _linearize(model, dtype, abs_basis)
     weights = _differentiable(model, names)
     base = [w.detach().clone() for w in weights]
     keep = {n: torch.ones_like(w, dtype=torch.bool) for n, w in zip(names, weights, strict=True)}
@@ -388,7 +400,11 @@ class SynFlow(ScoredPruner):
             ``1 − (1 − κ)·t/rounds`` (``"linear"``).
         scoring_mode: ``"eval"`` (official; BN uses its absolute running statistics) or ``"train"``.
         dtype: ``"float64"`` (our choice, against overflow) or ``"float32"``.
-        sparsity, scope, include, exclude, normalize, reinit_after_mask: see :class:`PrunerConfig`.
+        synflow_abs: under ``interspace``, which tensors are replaced by their absolute values:
+            ``"lambda_and_basis"`` (our choice, METHODS.md §12e) or ``"lambda_only"`` (bases stay signed).
+            ``|ΛF| ≠ |Λ||F|``, so the choice matters; without ``interspace`` it has no effect.
+        sparsity, scope, include, exclude, normalize, reinit_after_mask, interspace, ...: see
+            :class:`PrunerConfig`.
     """
 
     name = "synflow"
@@ -399,6 +415,9 @@ class SynFlow(ScoredPruner):
         schedule: Literal["exponential", "linear"] = Field("exponential", description="density schedule")
         scoring_mode: Literal["eval", "train"] = Field("eval", description="model mode while scoring")
         dtype: Literal["float64", "float32"] = Field("float64", description="scoring precision")
+        synflow_abs: Literal["lambda_and_basis", "lambda_only"] = Field(
+            "lambda_and_basis", description="IP: abs of coefficients and bases, or of coefficients only"
+        )
 
     config: Config
 
@@ -413,4 +432,5 @@ class SynFlow(ScoredPruner):
             densities=synflow_densities(density, cfg.rounds, cfg.schedule),
             scope=cfg.scope,
             dtype=getattr(torch, cfg.dtype),
+            abs_basis=cfg.synflow_abs == "lambda_and_basis",
         )
