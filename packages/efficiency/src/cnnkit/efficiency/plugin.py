@@ -13,6 +13,15 @@ from cnnkit.core.specs import MethodSpec, ModelSpec
 
 METHOD_SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
+        name="haste",
+        kind="efficiency",
+        target="cnnkit.efficiency.haste:HASTE",
+        summary="HASTE: data-free LSH merging of redundant input channels of convs at inference time.",
+        paper="Meiner, Mehnert, Condurache. Data-Free Dynamic Compression of CNNs for Tractable Efficiency. "
+        "VISAPP 2025. arXiv:2309.17211",
+        tags=("inference", "data-free", "hashing", "dynamic"),
+    ),
+    MethodSpec(
         name="mod",
         kind="efficiency",
         target="cnnkit.efficiency.mod:MoD",

@@ -1,0 +1,234 @@
+"""HASTE on a CIFAR ResNet trained by the bench: accuracy drop, FLOPs reduction and CPU speed-up over L.
+
+1. Train (once) a CIFAR ResNet-18 (bench model ``resnet18``) on ``cifar10_jpeg`` with the bench trainer
+   (``cnnkit.bench.trainer.run``), a short CPU run by default: ``--epochs`` x ``--steps-per-epoch`` SGD steps
+   of ``--batch-size`` images (1 x 100 x 64: about 30 minutes on a busy 2-core machine, top-1 only ~30 %;
+   give more steps, or a GPU machine, for a meaningful accuracy drop), protocol ``last``, cosine schedule.
+   The run's checkpoint lives in ``--cache-dir`` under the run config's key; a re-run with the same
+   settings reuses it (and a killed training resumes from its last finished epoch).
+2. Evaluate the dense model and HASTE (``create_method("haste", hyperplanes=L, ...)``) for each L of
+   ``--hyperplanes`` on ``--test-images`` test images (a seeded random subset): top-1, the drop vs dense
+   (pp), the FLOPs reduction from ``HASTE.stats`` (mean over the test images seen, hashing and merging
+   overhead included; whole model and the replaced convs alone).
+3. Time the dense model and the HASTE model in ``compressed`` mode (the fast path) side by side in one
+   process with ``torch.utils.benchmark`` at batch 1 and ``--latency-batch``: the speed-up is dense time /
+   HASTE time (medians of 3 interleaved measurements), on real test images (HASTE's cost depends on the
+   data). With ``--threads 1`` the clock is the process's CPU time, which other jobs on a shared machine do
+   not inflate; the compressed output is checked against the simulate output (max abs difference).
+
+The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 40 % FLOPs reduction at
+<= 1.5 pp accuracy drop; a real CPU speed-up >= 1.2x. Paper: -46.7 % FLOPs at -1.25 pp (ResNet-34).
+
+    python benchmarks/haste_cifar.py --threads 1             # train once (cached), then the table
+    python benchmarks/haste_cifar.py --train-only
+    python benchmarks/haste_cifar.py --hyperplanes 12,14,16 --test-images 1000 --patch 4
+    python benchmarks/haste_cifar.py --threads 1 --hyperplanes 10 --patch 32   # per-image hashing (fastest)
+
+``--patch 32`` (>= every map of a CIFAR ResNet) hashes per image and runs HASTE's per-image fast path (one
+reduced-depth conv per image); ``--min-out-pixels`` leaves convs with small output maps dense (a latency
+knob for large batches). benchmarks/haste_layer.py times single layers at each stage shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _machine import describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from cnnkit.bench.runconfig import RunConfig
+from cnnkit.bench.trainer import build_datasets, build_model, run
+from cnnkit.core import Context, create_method
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="resnet18", help="bench model (CIFAR form)")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "cnnkit" / "haste_cifar"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--hyperplanes", default="12,14,16,18,20", help="comma-separated values of L")
+    parser.add_argument(
+        "--patch", type=int, default=4, help="HASTE output tile side P (>= 32: one tile per image)"
+    )
+    parser.add_argument("--sparsity", type=float, default=2 / 3, help="HASTE projection sparsity s")
+    parser.add_argument("--start-layer", type=int, default=2, help="HASTE start stage")
+    parser.add_argument(
+        "--min-out-pixels", type=int, default=0, help="HASTE: leave convs with smaller output maps dense"
+    )
+    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--eval-batch", type=int, default=100)
+    parser.add_argument("--latency-batch", type=int, default=32)
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per latency measurement")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        model=args.model,
+        dataset="cifar10_jpeg",
+        data_root=args.data_root,
+        epochs=args.epochs,
+        max_steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        optimizer={"lr": args.lr, "nesterov": True},
+        protocol="last",
+        device="cpu",
+        measure_latency=False,
+        progress=False,
+        seed=args.seed,
+    )
+
+
+def trained_model(args: argparse.Namespace) -> tuple[nn.Module, RunConfig]:
+    """The trained dense model: from the cached checkpoint when its run is complete, else trained now."""
+    cfg = train_config(args)
+    run_dir = Path(args.cache_dir) / f"{cfg.model}-{cfg.key()}"
+    path = run_dir / "checkpoint.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if blob is None or blob["epoch"] < cfg.epochs:
+        started = time.perf_counter()
+        metrics = run(cfg, run_dir)
+        print(
+            f"trained {cfg.model} for {metrics['steps']} steps in {time.perf_counter() - started:.0f} s: "
+            f"test top-1 {metrics['test_top1']:.2f} % (checkpoint {path})"
+        )
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        print(f"reusing the trained {cfg.model} from {path} ({blob['step']} steps)")
+    model = build_model(cfg)
+    model.load_state_dict(blob["model"])
+    return model.eval(), cfg
+
+
+def test_images(args: argparse.Namespace, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of the test split (the folder is sorted by class), decoded once."""
+    test = build_datasets(cfg)["test"]
+    gen = torch.Generator().manual_seed(args.seed)
+    chosen = torch.randperm(len(test), generator=gen)[: args.test_images].tolist()  # type: ignore[arg-type]
+    loader = DataLoader(Subset(test, chosen), batch_size=256, shuffle=False)
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    model.eval()
+    correct = 0
+    for xb, yb in zip(torch.split(x, batch), torch.split(y, batch), strict=True):
+        correct += int((model(xb).argmax(1) == yb).sum())
+    return 100.0 * correct / len(y)
+
+
+def seconds(model: nn.Module, x: torch.Tensor, min_run_time: float, clock: Any) -> float:
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, timer=clock)
+    with torch.no_grad():
+        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def with_haste(
+    args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, planes: int
+) -> tuple[nn.Module, Any]:
+    method = create_method(
+        "haste",
+        hyperplanes=planes,
+        patch=args.patch,
+        sparsity=args.sparsity,
+        start_layer=args.start_layer,
+        min_out_pixels=args.min_out_pixels,
+    )
+    model = method.apply(copy.deepcopy(dense), Context(example_input=x[:2]))
+    return model.eval(), method
+
+
+def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig) -> None:
+    from cnnkit.efficiency.haste import set_mode
+
+    x, y = test_images(args, cfg)
+    single = torch.get_num_threads() == 1
+    clock = time.process_time if single else time.perf_counter
+    clock_name = "process CPU time (1 thread)" if single else "wall"
+    print(
+        f"{len(y)} test images (seeded subset); HASTE patch={args.patch}, s={args.sparsity:.3g}, "
+        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}; latency clock: {clock_name}"
+    )
+    base = accuracy(dense, x, y, args.eval_batch)
+    rows = []
+    for L in [int(v) for v in args.hyperplanes.split(",")]:
+        model, method = with_haste(args, dense, x, L)
+        top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
+        stats = method.stats(model)
+        set_mode(model, "compressed")
+        with torch.no_grad():
+            fast_out = model(x[: args.latency_batch])
+            set_mode(model, "simulate")
+            gap = float((fast_out - model(x[: args.latency_batch])).abs().max())
+            set_mode(model, "compressed")
+        speedups = []
+        for batch in (1, args.latency_batch):
+            xb = x[:batch].contiguous()
+            pairs = []
+            for _ in range(3):  # interleaved, so drifting load hits both alike
+                t_dense = seconds(dense, xb, args.min_run_time, clock)
+                t_haste = seconds(model, xb, args.min_run_time, clock)
+                pairs.append((t_dense, t_haste))
+            t_dense = statistics.median(p[0] for p in pairs)
+            t_haste = statistics.median(p[1] for p in pairs)
+            speedups.append((t_dense, t_haste))
+        rows.append((L, top1, stats, gap, speedups))
+        print(f"  L={L}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
+    print()
+    head = (
+        "| L | top-1 % | drop pp | FLOPs red. (model) | FLOPs red. (HASTE convs) | buckets/C | "
+        f"sim-vs-fast max diff | dense ms b1 | HASTE ms b1 | speed-up b1 | dense ms b{args.latency_batch} | "
+        f"HASTE ms b{args.latency_batch} | speed-up b{args.latency_batch} |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    print(f"| dense | {base:.2f} | 0.00 | 0.0 % | 0.0 % | 1.000 | - | - | - | - | - | - | - |")
+    for L, top1, stats, gap, ((d1, h1), (db, hb)) in rows:
+        print(
+            f"| {L} | {top1:.2f} | {base - top1:.2f} | {100 * stats['flops_reduction']:.1f} % | "
+            f"{100 * stats['haste_flops_reduction']:.1f} % | {stats['bucket_fraction']:.3f} | {gap:.1e} | "
+            f"{1e3 * d1:.2f} | {1e3 * h1:.2f} | {d1 / h1:.2f}x | "
+            f"{1e3 * db:.1f} | {1e3 * hb:.1f} | {db / hb:.2f}x |"
+        )
+    print(
+        "\nGoal (issue 7): FLOPs reduction >= 40 % at drop <= 1.5 pp; "
+        "CPU speed-up (compressed path) >= 1.2x. "
+        "Paper: -46.7 % FLOPs at -1.25 pp (ResNet-34, CIFAR-10)."
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(describe_machine(torch.device("cpu")), flush=True)
+    model, cfg = trained_model(args)
+    if args.train_only:
+        return
+    evaluate_haste(args, model, cfg)
+
+
+if __name__ == "__main__":
+    main()

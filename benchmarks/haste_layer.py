@@ -1,0 +1,113 @@
+"""HASTE microbenchmark: one 3x3 conv, dense vs HASTE's ``compressed`` path, at each ResNet-18 stage shape.
+
+For each stage shape (C = O channels, H x W map: 64@32, 128@16, 256@8, 512@4; stride 1, padding 1), each
+bucket fraction b/C of ``--fractions`` and each patch of ``--patches`` (an integer P, or ``image``: P >= the
+map, one tile per image, i.e. per-image hashing and one real reduced-depth conv per image), the script times
+
+* the dense conv (``F.conv2d``, oneDNN) and
+* the :class:`~cnnkit.efficiency.haste.HASTEConv2d` in ``compressed`` mode (hashing, merging and the
+  reduced conv all included)
+
+at batch 1 and ``--batch``, interleaved (``--repeats`` pairs, medians), with ``torch.utils.benchmark`` and,
+with ``--threads 1`` (the default), the process's CPU time as the clock (other jobs on a shared machine do
+not inflate it). The bucket fraction is controlled exactly: the input has ``round(f·C)`` distinct post-ReLU
+random channels, each repeated (channels shuffled), and L = 20 hyperplanes separate the distinct ones, so
+HASTE merges exactly the duplicates. The table gives the speed-up (dense time / HASTE time) and the
+measured buckets per channel. The first line names the machine (benchmarks/_machine.py).
+
+    python benchmarks/haste_layer.py
+    python benchmarks/haste_layer.py --fractions 0.3,0.5 --patches 4,8,image --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _machine import describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from torch import nn
+
+from cnnkit.efficiency.haste import HASTEConv2d
+
+STAGES = ((64, 32), (128, 16), (256, 8), (512, 4))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--fractions", default="0.25,0.4,0.6", help="bucket fractions b/C")
+    parser.add_argument("--patches", default="4,image", help="patch sizes P (integers or 'image')")
+    parser.add_argument("--stages", default="1,2,3,4", help="ResNet-18 stages (1: 64@32 ... 4: 512@4)")
+    parser.add_argument("--batch", type=int, default=32, help="the larger batch (batch 1 is always timed)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved dense/HASTE measurement pairs")
+    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args()
+
+
+def duplicated_input(n: int, c: int, h: int, fraction: float, seed: int = 0) -> torch.Tensor:
+    """``(n, c, h, h)`` post-ReLU input with ``round(fraction·c)`` distinct channels per image."""
+    gen = torch.Generator().manual_seed(seed)
+    distinct = max(1, round(fraction * c))
+    base = torch.relu(torch.randn(n, distinct, h, h, generator=gen))
+    source = torch.cat([torch.arange(distinct), torch.randint(0, distinct, (c - distinct,), generator=gen)])
+    source = source[torch.randperm(c, generator=gen)]
+    return base[:, source].contiguous()
+
+
+def seconds(stmt: str, env: dict[str, Any], min_run_time: float, clock: Any) -> float:
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt, globals=env, timer=clock)
+    with torch.no_grad():
+        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    print(describe_machine(torch.device("cpu")), flush=True)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    print(f"clock: {'process CPU time (1 thread)' if args.threads == 1 else 'wall'}; L = 20, s = 2/3")
+    stages = [STAGES[int(s) - 1] for s in args.stages.split(",")]
+    fractions = [float(f) for f in args.fractions.split(",")]
+    print(
+        "\n| stage | C@HxW | patch | b/C | batch | dense ms | HASTE ms | speed-up | ideal (C/b) |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    for c, h in stages:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
+        stage = STAGES.index((c, h)) + 1
+        for name in args.patches.split(","):
+            patch = max(h, 1) if name == "image" else int(name)
+            layer = HASTEConv2d(conv, hyperplanes=20, patch=patch, mode="compressed").eval()
+            for fraction in fractions:
+                for batch in (1, args.batch):
+                    x = duplicated_input(batch, c, h, fraction)
+                    env = {"F": F, "x": x, "w": conv.weight, "layer": layer}
+                    pairs = []
+                    for _ in range(args.repeats):
+                        dense = seconds("F.conv2d(x, w, None, 1, 1)", env, args.min_run_time, clock)
+                        fast = seconds("layer(x)", env, args.min_run_time, clock)
+                        pairs.append((dense, fast))
+                    layer.reset_tally()
+                    with torch.no_grad():
+                        layer(x)
+                    buckets = layer.tally.bucket_fraction / layer.tally.tiles
+                    t_dense = statistics.median(p[0] for p in pairs)
+                    t_fast = statistics.median(p[1] for p in pairs)
+                    print(
+                        f"| {stage} | {c}@{h}x{h} | {name} | {buckets:.3f} | {batch} | {1e3 * t_dense:.3f} | "
+                        f"{1e3 * t_fast:.3f} | {t_dense / t_fast:.2f}x | {1 / buckets:.2f}x |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()

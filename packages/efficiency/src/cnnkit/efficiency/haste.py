@@ -1,0 +1,785 @@
+"""HASTE: data-free dynamic compression of pretrained convs by hashing redundant channels (METHODS.md §8).
+
+Papers: Meiner, Mehnert, Condurache, "Instant Complexity Reduction in CNNs using Locality-Sensitive Hashing"
+(arXiv 2309.17211 v1) / "Data-Free Dynamic Compression of CNNs for Tractable Efficiency" (v2, VISAPP 2025);
+journal version "HASTE: A Framework for Training-Free, Dynamic, and Steerable Compression of Pre-Trained
+CNNs" (SN Computer Science 2026, arXiv 2606.30516). Only abstracts and secondary reports could be read; the
+computation below is METHODS.md's reconstruction, exact with respect to the merging identity.
+
+Each selected ``nn.Conv2d`` becomes a :class:`HASTEConv2d` (same parameters, shared, never modified; same
+``state_dict`` keys). In eval mode, per image ``n`` and output tile ``t`` of ``P``×``P`` pixels (input window
+of side ``P_in = (P−1)σ + d(K−1) + 1`` with the kernel's halo, so the output equals a per-tile computation):
+
+1. ``v_c`` = the window of channel ``c`` (``D = P_in²`` values); ``z_c = v_c − mean_c' v_c'`` (centring across
+   channels, for hashing only).
+2. ``code_c = Σ_l 2^l·1[⟨z_c, r_l⟩ > 0]`` with ``R ∈ {−1, 0, +1}^{D×L}``, ``P(0) = s``, ``P(±1) = (1−s)/2``
+   (very sparse random projections, Li, Hastie & Church 2006), drawn once per layer from the seed.
+3. Channels with equal codes form a bucket ``B``: ``X̄_B = mean_{c∈B} X_c`` (uncentred values),
+   ``W̃_B = Σ_{c∈B} W_c``; ``Y_t = Σ_B W̃_B ∗ X̄_B + bias`` (padding 0 inside the window).
+
+Since ``Σ_B W̃_B ∗ X̄_B = Σ_c W_c ∗ X̄_{B(c)}``, replacing every channel by its bucket mean and running the dense
+conv gives the same output: ``mode="simulate"`` (the reference and test oracle). ``mode="compressed"`` does
+the reduced work for real: bucket means, summed filter slices (a sparse 0/1 matrix times the weight) and one
+batched GEMM per chunk of tiles over the reduced depth (:func:`._haste_kernels.compressed_tiles`). The two
+agree to float rounding.
+
+**Per-image path.** When one tile covers the whole output map (``patch`` ≥ the output side, e.g. ``patch=32``
+on CIFAR, whose ResNet maps are 32/16/8/4), hashing is per image (one window = the zero-padded image; only
+the projection rows that meet real pixels are used, since padding adds nothing to ``⟨z_c, r⟩``: the same
+codes as the tile formulation) and ``compressed`` runs, per image, one real convolution of reduced depth
+``b_n`` on the bucket means with the layer's own padding (:func:`._haste_kernels.compressed_images`): a
+oneDNN conv for maps of ≥ 64 output pixels, else im2col + one MKL GEMM [choice, measured]. Both modes
+share the hashing and bucketing code, so they agree to float rounding. Trade-off [measured on the bench's
+short-trained CIFAR ResNet-18 (28.3 % top-1), 1000 test images, start stage 2, L=10]: about the same
+merging (b/C = 0.43 both) and FLOPs cut (41.5 % per image, 43.6 % with patch 4), but a larger accuracy
+drop per image (2.5 pp vs 0.8 pp): one code must describe a whole map rather than a 6x6 window. In
+wall-clock the per-tile formulation (many small batched GEMMs plus stitching) is 2-4x slower than the
+dense conv on a CPU, while the per-image path can beat it: at batch 1 on 8x8 and 4x4 maps. Per-image
+merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense filters
+``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps
+(benchmarks/haste_layer.py, benchmarks/haste_cifar.py).
+
+In training mode a :class:`HASTEConv2d` is a plain conv: HASTE is inference-only.
+
+Cost (METHODS.md §8f, per tile with ``C`` in, ``O`` out channels, ``b`` buckets, ``q`` output pixels, ``D``
+window pixels, counted in FLOPs with one multiply-add = 2 FLOPs and one addition / scaling = 1 FLOP):
+dense ``2·O·C·K²·q``; needed ``2·O·b·K²·q`` (reduced conv) + ``2·C·D`` (centring) + ``C·nnz(R_D)``
+(hashing: one add/sub per non-zero of the window's rows of ``R``) + ``C·D`` (input merge: ``(C−b)·D`` adds and
+``b·D`` scalings) + ``O·K²·(C−b)`` (filter merge). Edge tiles count their real output pixels and window.
+The layers report ``needed − what the FLOP counter sees of their own ops`` through
+:func:`cnnkit.core.cost.report_macs`, so ``count_flops(model).effective_macs`` is HASTE's needed cost in
+either mode. They also tally, over all eval forwards ("the data seen"), per image dense and needed FLOPs;
+:meth:`HASTE.stats` reports means and p5/p50/p95 over images, for the replaced convs and the whole model
+(the dense MACs of the other convs and linear layers counted once at ``apply`` on one example input). If
+no data was seen yet, ``stats`` runs the example inputs of ``apply`` first.
+
+Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
+
+* ``hyperplanes`` L = 14 [choice] (an inference-time knob: :func:`set_hyperplanes` changes it in place,
+  no retraining); ``sparsity`` s = 2/3 [paper: secondary, CIFAR] (1/2 for ImageNet); ``patch`` P = 4;
+  ``seed`` of the projections (layer ``i`` of the replaced convs, in model order, uses ``seed·1000003 + i``;
+  R is a non-persistent buffer rebuilt from it); ``resample_zero_columns`` = True; ``centre`` = True;
+  ``hash_test`` = ``"strict"`` (``>``; ``"nonstrict"``: ``≥``).
+* ``start_layer`` = 2: a stage number (the first conv of that stage and every later stage, METHODS.md
+  §1.1's stages from :func:`cnnkit.core.sites.stage_names`), or the qualified name of a conv (it and every
+  later conv in model order). ``kernel_sizes`` = (3,): the square kernel sizes replaced (``None``: any K×K
+  with K ≥ 2, and 1×1 unless ``skip_pointwise``); LeNet-5-Caffe's 5×5 convs need ``kernel_sizes=[5]``.
+  Depthwise/grouped convs, non-zero padding modes and string paddings are never replaced; residual
+  projections (``downsample`` / ``shortcut``) only with ``include_shortcuts``. ``skip_pointwise`` = True.
+* ``min_out_pixels`` = 0: a latency knob, not in the paper. A conv whose output map on ``apply``'s example
+  input has fewer pixels is left dense (``stats``: ``layers_skipped_small``). Rule [measured,
+  benchmarks/haste_layer.py, one CPU thread]: per-image merged filters are used ``H_out·W_out`` times
+  each, the dense conv's filters ``N·H_out·W_out`` times, so at large batches HASTE only pays on large
+  maps (on CIFAR ResNet-18 at batch 32, one layer: 32x32 maps about break even, 8x8 and 4x4 maps 0.7x
+  and 0.45x; ``min_out_pixels=256`` keeps stages 1-2), at the cost of a smaller FLOPs cut.
+* ``mode`` = ``"simulate"``; ``chunk_mb`` bounds the merged filters held at once by the tile fast path.
+* ``patch`` ≥ the largest output map (e.g. 32 on CIFAR) selects per-image hashing (see above); a layer
+  whose map is larger than ``patch`` still uses tiles.
+* Export keeps the HASTE convs: HASTE *is* the inference model (the bench measures accuracy, FLOPs and
+  latency on ``export``); :func:`remove_haste` gives the plain-conv model back.
+* Hashing and merging run in float32 with autocast disabled (bfloat16 would flip hash bits); the output
+  is cast back to the input's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from cnnkit.core.config import MethodConfig
+from cnnkit.core.context import Context
+from cnnkit.core.cost import report_macs
+from cnnkit.core.method import Method, MethodNotApplicableError
+from cnnkit.core.sites import iter_named_modules, stage_names
+from cnnkit.efficiency._haste_kernels import (
+    TileGeometry,
+    bucketing,
+    compressed_images,
+    compressed_tiles,
+    hash_codes,
+    image_bags,
+    image_hash_inputs,
+    image_path_uses_gemm,
+    make_projection,
+    simulate_images,
+    simulate_tiles,
+    stitch_tiles,
+    tile_geometry,
+    tile_windows,
+)
+
+__all__ = [
+    "HASTE",
+    "HASTEConfig",
+    "HASTEConv2d",
+    "haste_layers",
+    "remove_haste",
+    "set_hyperplanes",
+    "set_mode",
+]
+
+Mode = Literal["simulate", "compressed"]
+_SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
+_WINDOW_FLOATS = 1 << 24  # windows of at most this many numbers per pass (images are processed in chunks)
+_MAX_PER_IMAGE = 1_000_000  # per-image cost records kept per layer (for percentiles); means use all data
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1]))
+
+
+class HASTEConfig(MethodConfig):
+    """Configuration of :class:`HASTE` (defaults: METHODS.md §8h)."""
+
+    hyperplanes: int = Field(14, ge=1, le=64, description="L: random hyperplanes per hash (bits per code)")
+    sparsity: float = Field(2 / 3, ge=0.0, lt=1.0, description="s = P(0) of the ternary projection entries")
+    patch: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="P: output tile side; input window P_in = (P-1)σ + K; P >= the output map: per image",
+    )
+    start_layer: Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)] = Field(
+        2, description="stage number (1-based) or qualified conv name from which convs are replaced"
+    )
+    kernel_sizes: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        (3,), min_length=1, description="square kernel sizes K of the convs replaced; None: any K >= 2"
+    )
+    skip_pointwise: bool = Field(True, description="never replace 1x1 convs")
+    include_shortcuts: bool = Field(False, description="also replace convs of residual projections")
+    min_out_pixels: int = Field(
+        0,
+        ge=0,
+        description="replace only convs whose output map (on the example input) has >= this many pixels",
+    )
+    centre: bool = Field(True, description="centre the windows across channels before hashing")
+    hash_test: Literal["strict", "nonstrict"] = Field("strict", description="bit = <z, r> > 0 (or >= 0)")
+    resample_zero_columns: bool = Field(True, description="redraw all-zero projection columns")
+    seed: int = Field(0, ge=0, lt=2**31, description="seed of the random projections")
+    mode: Mode = Field("simulate", description="'simulate' (reference) or 'compressed' (fast path)")
+    chunk_mb: float = Field(4.0, gt=0.0, le=4096.0, description="fast path: merged filters held at once")
+
+    @model_validator(mode="after")
+    def _pointwise_consistent(self) -> HASTEConfig:
+        if self.skip_pointwise and self.kernel_sizes is not None and 1 in self.kernel_sizes:
+            raise ValueError("kernel_sizes contains 1 but skip_pointwise=True; set skip_pointwise=False")
+        return self
+
+
+@dataclass
+class _Tally:
+    """Per-image cost of one layer over the eval forwards seen (FLOPs)."""
+
+    images: int = 0
+    dense: float = 0.0
+    needed: float = 0.0
+    overhead: float = 0.0
+    tiles: int = 0
+    bucket_fraction: float = 0.0
+    per_image_needed: list[Tensor] = field(default_factory=list)
+    kept: int = 0
+
+
+@dataclass(frozen=True)
+class _TileCosts:
+    """Per-tile cost terms of one input size (float64 vectors of length T)."""
+
+    dense: Tensor  # 2·O·C·K²·q
+    conv_per_bucket: Tensor  # 2·O·K²·q: reduced conv FLOPs per bucket
+    overhead_fixed: Tensor  # centring + hashing + input merge + O·K²·C (filter merge before -O·K²·b)
+    filter_per_bucket: float  # O·K²
+    net_per_bucket: Tensor  # conv_per_bucket - filter_per_bucket: needed FLOPs per bucket of each tile
+    dense_total: float  # dense FLOPs of one image
+    fixed_total: float  # overhead_fixed summed over the tiles of one image
+
+
+class HASTEConv2d(nn.Conv2d):
+    """A drop-in ``nn.Conv2d`` that merges hash-equal input channels per image and tile in eval mode.
+
+    Built from an existing conv, whose ``weight`` and ``bias`` parameters it shares.
+
+    Args:
+        conv: the conv to replace (groups = 1, zero padding given as numbers).
+        hyperplanes: L, bits per hash code.
+        sparsity: s, the probability of a zero projection entry.
+        patch: P, the output tile side.
+        seed: seed of this layer's projection.
+        centre, strict, resample_zero_columns: see :class:`HASTEConfig`.
+        mode: ``"simulate"`` or ``"compressed"``.
+        chunk_mb: fast path memory bound for the merged filters.
+    """
+
+    projection: Tensor
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        *,
+        hyperplanes: int = 14,
+        sparsity: float = 2 / 3,
+        patch: int = 4,
+        seed: int = 0,
+        centre: bool = True,
+        strict: bool = True,
+        resample_zero_columns: bool = True,
+        mode: Mode = "simulate",
+        chunk_mb: float = 4.0,
+    ) -> None:
+        reason = unsupported_reason(conv)
+        if reason:
+            raise ValueError(f"HASTEConv2d cannot replace this conv: {reason}")
+        self.k_hw, self.s_hw = _pair(conv.kernel_size), _pair(conv.stride)
+        self.p_hw, self.d_hw = _pair(conv.padding), _pair(conv.dilation)
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            self.k_hw,
+            stride=self.s_hw,
+            padding=self.p_hw,
+            dilation=self.d_hw,
+            groups=1,
+            bias=conv.bias is not None,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.training = conv.training
+        self.sparsity = float(sparsity)
+        self.patch = int(patch)
+        self.seed = int(seed)
+        self.centre = bool(centre)
+        self.strict = bool(strict)
+        self.resample_zero_columns = bool(resample_zero_columns)
+        self.mode: Mode = mode
+        self.chunk_mb = float(chunk_mb)
+        self.tally = _Tally()
+        self._costs: dict[tuple[int, int], _TileCosts] = {}
+        self._rows_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._geoms: dict[tuple[int, int], TileGeometry] = {}
+        self.register_buffer("projection", torch.empty(0), persistent=False)
+        self.set_hyperplanes(hyperplanes)
+
+    # -- configuration ----------------------------------------------------------------------------------
+    @property
+    def hyperplanes(self) -> int:
+        return int(self.projection.shape[1])
+
+    def _window_sides(self) -> tuple[int, int]:
+        k, s, d = self.k_hw, self.s_hw, self.d_hw
+        return (
+            (self.patch - 1) * s[0] + d[0] * (k[0] - 1) + 1,
+            (self.patch - 1) * s[1] + d[1] * (k[1] - 1) + 1,
+        )
+
+    def set_hyperplanes(self, hyperplanes: int) -> None:
+        """Redraw the projection with ``hyperplanes`` columns (from the seed); resets the cost tally."""
+        if not isinstance(hyperplanes, int) or not 1 <= hyperplanes <= 64:
+            raise ValueError(f"hyperplanes must be an integer in 1..64, got {hyperplanes!r}")
+        side_h, side_w = self._window_sides()
+        proj = make_projection(
+            side_h * side_w, hyperplanes, self.sparsity, self.seed, self.resample_zero_columns
+        )
+        self.projection = proj.to(self.weight.device)
+        self._costs = {}
+        self.reset_tally()
+
+    def reset_tally(self) -> None:
+        """Forget the cost records of the data seen so far."""
+        self.tally = _Tally()
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return super().forward(x)
+        return self._haste_forward(x)
+
+    def _geometry(self, h: int, w: int) -> TileGeometry:
+        return tile_geometry(
+            h,
+            w,
+            kernel=self.k_hw,
+            stride=self.s_hw,
+            padding=self.p_hw,
+            dilation=self.d_hw,
+            patch=self.patch,
+        )
+
+    def _haste_forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        geom = self._geoms.get((h, w))
+        if geom is None:
+            geom = self._geoms[(h, w)] = self._geometry(h, w)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            xf = x.float().contiguous()
+            weight = self.weight.float()
+            proj = self.projection.to(device=xf.device, dtype=torch.float32)
+            per_chunk = max(1, _WINDOW_FLOATS // max(1, geom.tiles * self.in_channels * geom.window))
+            outs: list[Tensor] = []
+            buckets: list[Tensor] = []
+            seen_macs = 0
+            image = geom.tiles == 1
+            gemm = not image or image_path_uses_gemm(geom.out_h, geom.out_w)
+            weight_ck = self._weight_rows(weight, gemm) if self.mode == "compressed" else None
+            for part in torch.split(xf, per_chunk) if xf.shape[0] > per_chunk else (xf,):
+                if image:
+                    y, b, macs = self._image_forward(part, geom, weight, weight_ck, proj)
+                else:
+                    y, b, macs = self._tiles_forward(part, geom, weight, weight_ck, proj)
+                outs.append(y)
+                buckets.append(b)
+                seen_macs += macs
+            y = torch.cat(outs) if len(outs) > 1 else outs[0]
+            y = y.contiguous()
+            if self.bias is not None:
+                y = y + self.bias.float().view(1, -1, 1, 1)
+        counts = torch.cat(buckets) if len(buckets) > 1 else buckets[0]
+        self._record(counts.view(x.shape[0], geom.tiles), h, w, seen_macs)
+        return y.to(dtype)
+
+    def _weight_rows(self, weight: Tensor, gemm: bool) -> Tensor:
+        """The fast path's weight rows, one per input channel: ``(C, K2·O)`` for a GEMM (tiles, small
+        images), ``(C, O·K2)`` for a oneDNN conv; cached while the weight is unchanged (eval-only use)."""
+        key = (gemm, weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._rows_cache is not None and self._rows_cache[0] == key:
+            return self._rows_cache[1]
+        order = (1, 2, 3, 0) if gemm else (1, 0, 2, 3)
+        rows = weight.detach().permute(*order).reshape(self.in_channels, -1).contiguous()
+        self._rows_cache = (key, rows)
+        return rows
+
+    def _image_forward(
+        self, part: Tensor, geom: TileGeometry, weight: Tensor, weight_ck: Tensor | None, proj: Tensor
+    ) -> tuple[Tensor, Tensor, int]:
+        """One tile covers the whole output (``patch`` ≥ the output map): per-image hashing, and in
+        ``compressed`` mode one real conv of reduced depth per image (:func:`compressed_images`)."""
+        values, rows = image_hash_inputs(part, proj, geom)
+        codes = hash_codes(values, rows, centre=self.centre, strict=self.strict)
+        n, c, d = values.shape
+        seen = n * c * d * rows.shape[1]  # the hashing GEMM (the centring is a mean, not counted)
+        if weight_ck is None:
+            groups = bucketing(codes)
+            y = simulate_images(part, groups, weight, self.s_hw, self.p_hw, self.d_hw)
+            seen += int(y.numel()) * c * self.k_hw[0] * self.k_hw[1]
+            return y, groups.buckets, seen
+        bags = image_bags(codes)
+        gemm = image_path_uses_gemm(geom.out_h, geom.out_w)
+        y, conv_macs = compressed_images(
+            part, bags, weight_ck, gemm, self.k_hw, self.s_hw, self.p_hw, self.d_hw
+        )
+        return y, bags.counts, seen + conv_macs
+
+    def _tiles_forward(
+        self, part: Tensor, geom: TileGeometry, weight: Tensor, weight_ck: Tensor | None, proj: Tensor
+    ) -> tuple[Tensor, Tensor, int]:
+        """One chunk of images → (output, buckets per tile, MACs a FLOP counter sees of these ops)."""
+        n = part.shape[0]
+        win = tile_windows(part, geom)
+        codes = hash_codes(win, proj, centre=self.centre, strict=self.strict)
+        groups = bucketing(codes)
+        t, c, d = win.shape
+        seen = t * c * d * proj.shape[1]  # the hashing GEMM (the centring is a mean, not counted)
+        if weight_ck is None:
+            tiles = simulate_tiles(win, groups, weight, geom, self.s_hw, self.d_hw)
+            y = stitch_tiles(tiles, n, geom, "TOPP")
+            k2 = self.k_hw[0] * self.k_hw[1]
+            seen += t * self.out_channels * c * k2 * geom.patch * geom.patch
+        else:
+            chunk_floats = max(1, int(self.chunk_mb * 2**20 / 4))
+            out, gemm_macs = compressed_tiles(
+                win,
+                groups,
+                weight_ck,
+                geom,
+                self.k_hw,
+                self.s_hw,
+                self.d_hw,
+                chunk_floats,
+            )
+            y = stitch_tiles(out, n, geom, "TQO")
+            seen += gemm_macs
+        return y, groups.buckets, seen
+
+    # -- cost accounting --------------------------------------------------------------------------------
+    def tile_costs(self, h: int, w: int) -> _TileCosts:
+        """The per-tile cost terms for an ``h``×``w`` input (cached)."""
+        cached = self._costs.get((h, w))
+        if cached is not None:
+            return cached
+        geom = self._geometry(h, w)
+        c, o = self.in_channels, self.out_channels
+        k2 = self.k_hw[0] * self.k_hw[1]
+        spans = [self.d_hw[i] * (self.k_hw[i] - 1) + 1 for i in range(2)]
+        nonzero = (self.projection.detach().cpu() != 0).reshape(geom.side_h, geom.side_w, -1)
+        dense, per_bucket, fixed = [], [], []
+        for i in range(geom.tiles_h):
+            ph = min(geom.patch, geom.out_h - i * geom.patch)
+            dh = (ph - 1) * self.s_hw[0] + spans[0]
+            for j in range(geom.tiles_w):
+                pw = min(geom.patch, geom.out_w - j * geom.patch)
+                dw = (pw - 1) * self.s_hw[1] + spans[1]
+                q, d = ph * pw, dh * dw
+                nnz = int(nonzero[:dh, :dw].sum())
+                dense.append(2.0 * o * c * k2 * q)
+                per_bucket.append(2.0 * o * k2 * q)
+                fixed.append((2.0 * c * d if self.centre else 0.0) + c * nnz + c * d + o * k2 * c)
+        costs = _TileCosts(
+            dense=torch.tensor(dense, dtype=torch.float64),
+            conv_per_bucket=torch.tensor(per_bucket, dtype=torch.float64),
+            overhead_fixed=torch.tensor(fixed, dtype=torch.float64),
+            filter_per_bucket=float(o * k2),
+            net_per_bucket=torch.tensor(per_bucket, dtype=torch.float64) - float(o * k2),
+            dense_total=float(sum(dense)),
+            fixed_total=float(sum(fixed)),
+        )
+        self._costs[(h, w)] = costs
+        return costs
+
+    def image_costs(self, buckets: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image ``(dense, needed, overhead)`` FLOPs for buckets ``(N, T)`` of an ``h``×``w`` input."""
+        costs = self.tile_costs(h, w)
+        b = buckets.detach().cpu().to(torch.float64)
+        conv = (b * costs.conv_per_bucket).sum(dim=1)
+        overhead = costs.overhead_fixed.sum() - costs.filter_per_bucket * b.sum(dim=1)
+        dense = costs.dense.sum().expand(b.shape[0])
+        return dense, conv + overhead, overhead
+
+    def _record(self, buckets: Tensor, h: int, w: int, seen_macs: int) -> None:
+        # The same sums as image_costs with fewer tensor ops (this runs on every eval forward); the
+        # terms are integer-valued float64, so the result is exact.
+        costs = self.tile_costs(h, w)
+        b = buckets.detach().cpu().to(torch.float64)
+        needed = b @ costs.net_per_bucket + costs.fixed_total
+        needed_sum, b_sum = needed.sum().item(), b.sum().item()
+        report_macs(needed_sum / 2.0 - seen_macs, note="haste")
+        tally = self.tally
+        n = int(buckets.shape[0])
+        tally.images += n
+        tally.dense += costs.dense_total * n
+        tally.needed += needed_sum
+        tally.overhead += costs.fixed_total * n - costs.filter_per_bucket * b_sum
+        tally.tiles += int(buckets.numel())
+        tally.bucket_fraction += b_sum / self.in_channels
+        if tally.kept + n <= _MAX_PER_IMAGE:
+            tally.per_image_needed.append(needed)
+            tally.kept += n
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.k_hw}, stride={self.s_hw}, "
+            f"padding={self.p_hw}, dilation={self.d_hw}, bias={self.bias is not None}, "
+            f"hyperplanes={self.hyperplanes}, sparsity={self.sparsity:.4g}, "
+            f"patch={self.patch}, mode={self.mode!r}"
+        )
+
+
+def unsupported_reason(conv: nn.Module) -> str | None:
+    """Why ``conv`` cannot become a :class:`HASTEConv2d`, or ``None``."""
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not an nn.Conv2d"
+    if parametrize.is_parametrized(conv):
+        return "its weight is parametrized (masks, reparametrizations): export that method first"
+    if conv.groups != 1:
+        return f"groups={conv.groups} (grouped / depthwise convs are not merged)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (only zero padding)"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} (only numeric padding)"
+    return None
+
+
+def haste_layers(model: nn.Module) -> list[tuple[str, HASTEConv2d]]:
+    """The :class:`HASTEConv2d` modules of ``model``, in model order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, HASTEConv2d)]
+
+
+def set_hyperplanes(model: nn.Module, hyperplanes: int) -> nn.Module:
+    """Change L of every HASTE conv in place (inference-time knob; projections redrawn from their seeds)."""
+    for _, layer in haste_layers(model):
+        layer.set_hyperplanes(hyperplanes)
+    return model
+
+
+def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
+    """Switch every HASTE conv to ``"simulate"`` or ``"compressed"`` (same outputs up to rounding)."""
+    if mode not in ("simulate", "compressed"):
+        raise ValueError(f"mode must be 'simulate' or 'compressed', got {mode!r}")
+    for _, layer in haste_layers(model):
+        layer.mode = mode
+    return model
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for attr, child in parent._modules.items():
+            if child is old:
+                setattr(parent, attr, new)
+                return
+    raise ValueError("module to replace not found in the model")
+
+
+def remove_haste(model: nn.Module) -> nn.Module:
+    """Put plain ``nn.Conv2d`` modules (sharing the parameters) back in place of the HASTE convs."""
+    for _, layer in haste_layers(model):
+        conv = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.k_hw,
+            stride=layer.s_hw,
+            padding=layer.p_hw,
+            dilation=layer.d_hw,
+            bias=layer.bias is not None,
+            device="meta",
+        )
+        conv.weight = layer.weight
+        conv.bias = layer.bias
+        conv.train(layer.training)
+        _replace(model, layer, conv)
+    return model
+
+
+def _dense_macs(model: nn.Module, example: Tensor) -> tuple[int, dict[int, int], dict[int, int]]:
+    """Dense MACs of the convs and linear layers in one eval forward (what ``count_flops`` counts for a
+    CNN), in total and per module ``id``, and each conv's output pixels per map; forward hooks, no FLOP
+    counter (it imports ``torch._dynamo``)."""
+    macs: dict[int, int] = {}
+    pixels: dict[int, int] = {}
+
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(module, nn.Conv2d):
+            pixels[id(module)] = int(out.shape[-2]) * int(out.shape[-1])
+            kh, kw = _pair(module.kernel_size)
+            per_out = module.in_channels // module.groups * kh * kw
+        elif isinstance(module, nn.Linear):
+            per_out = module.in_features
+        else:
+            return
+        macs[id(module)] = macs.get(id(module), 0) + int(out.numel()) * int(per_out)
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    modes = [(m, m.training) for m in model.modules()]
+    param = next(model.parameters(), None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example.to(param.device) if param is not None else example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.training = training
+    return sum(macs.values()), macs, pixels
+
+
+def _percentile(values: Tensor, q: float) -> float:
+    return float(torch.quantile(values, q)) if values.numel() else math.nan
+
+
+class HASTE(Method):
+    """HASTE: hashing-based, data-free merging of redundant input channels at inference time.
+
+    ``apply`` replaces the selected convs by :class:`HASTEConv2d` (see the module docstring for the
+    selection, the computation and the choices). Training is untouched (plain convs in train mode).
+    ``export`` keeps the HASTE convs; ``stats`` reports the cost over the data seen in eval mode.
+    """
+
+    name = "haste"
+    kind = "efficiency"
+    Config = HASTEConfig
+    config: HASTEConfig
+
+    contract_config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *, config: MethodConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config=config, **overrides)
+        self._model_macs: float | None = None
+        self._layer_macs: float | None = None
+        self._skipped = 0
+        self._example: Tensor | None = None
+
+    # -- selection --------------------------------------------------------------------------------------
+    def _kernel_ok(self, conv: nn.Conv2d) -> bool:
+        kh, kw = conv.kernel_size
+        if kh != kw:
+            return False
+        if kh == 1 and self.config.skip_pointwise:
+            return False
+        sizes = self.config.kernel_sizes
+        return kh >= 2 if sizes is None else kh in sizes
+
+    def _candidates(self, model: nn.Module, example: Tensor | None) -> list[tuple[str, nn.Module]]:
+        """``(name, conv)`` from the start layer on, in model order, before any filtering by kernel."""
+        start = self.config.start_layer
+        modules = list(iter_named_modules(model))
+        if isinstance(start, str):
+            names = [name for name, _ in modules]
+            if start not in names:
+                convs = [n for n, m in modules if isinstance(m, nn.Conv2d)]
+                raise MethodNotApplicableError(
+                    f"haste: config field 'start_layer'={start!r} is not a module of {type(model).__name__}; "
+                    f"its convs are {convs}"
+                )
+            first = names.index(start)
+            if not isinstance(modules[first][1], nn.Conv2d):
+                raise MethodNotApplicableError(
+                    f"haste: config field 'start_layer'={start!r} is a {type(modules[first][1]).__name__}, "
+                    "not an nn.Conv2d"
+                )
+            return [(n, m) for n, m in modules[first:] if isinstance(m, nn.Conv2d)]
+        try:
+            stages = stage_names(model, example)
+        except ValueError as exc:
+            raise MethodNotApplicableError(f"haste: config field 'start_layer'={start}: {exc}") from exc
+        if start > len(stages):
+            raise MethodNotApplicableError(
+                f"haste: config field 'start_layer'={start}: {type(model).__name__} has stages "
+                f"1..{len(stages)}; pass a stage number in that range or a conv name"
+            )
+        first_name = stages[start - 1][0]
+        names = [name for name, _ in modules]
+        first = names.index(first_name) if first_name in names else 0
+        return [(n, m) for n, m in modules[first:] if isinstance(m, nn.Conv2d)]
+
+    def select(self, model: nn.Module, example: Tensor | None = None) -> list[tuple[str, nn.Conv2d]]:
+        """The convs ``apply`` replaces, in model order."""
+        chosen: list[tuple[str, nn.Conv2d]] = []
+        for name, conv in self._candidates(model, example):
+            assert isinstance(conv, nn.Conv2d)
+            parts = set(name.split("."))
+            if isinstance(conv, HASTEConv2d) or not self._kernel_ok(conv):
+                continue
+            if not self.config.include_shortcuts and _SHORTCUT_NAMES.intersection(parts):
+                continue
+            if parametrize.is_parametrized(conv):
+                raise MethodNotApplicableError(f"haste: {name}: {unsupported_reason(conv)}")
+            if unsupported_reason(conv) is not None:
+                continue  # grouped / depthwise convs, other padding modes: left dense (module docstring)
+            chosen.append((name, conv))
+        if not chosen:
+            raise MethodNotApplicableError(
+                f"haste: no conv of {type(model).__name__} from start_layer={self.config.start_layer!r} on "
+                f"has a kernel in kernel_sizes={self.config.kernel_sizes} (groups=1, zero padding)"
+            )
+        return chosen
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        cfg = self.config
+        chosen = self.select(model, ctx.example_input)
+        total, per_module, pixels = _dense_macs(model, ctx.example_input[:1])
+        if cfg.min_out_pixels:
+            kept = [(n, conv) for n, conv in chosen if pixels.get(id(conv), 0) >= cfg.min_out_pixels]
+            self._skipped = len(chosen) - len(kept)
+            if not kept:
+                raise MethodNotApplicableError(
+                    f"haste: config field 'min_out_pixels'={cfg.min_out_pixels} leaves no conv to replace "
+                    f"(largest output map: {max(pixels.get(id(c), 0) for _, c in chosen)} pixels)"
+                )
+            chosen = kept
+        self._model_macs = float(total)
+        self._layer_macs = float(sum(per_module.get(id(conv), 0) for _, conv in chosen))
+        self._example = ctx.example_input[:8].detach().clone()
+        for index, (_, conv) in enumerate(chosen):
+            layer = HASTEConv2d(
+                conv,
+                hyperplanes=cfg.hyperplanes,
+                sparsity=cfg.sparsity,
+                patch=cfg.patch,
+                seed=cfg.seed * 1_000_003 + index,
+                centre=cfg.centre,
+                strict=cfg.hash_test == "strict",
+                resample_zero_columns=cfg.resample_zero_columns,
+                mode=cfg.mode,
+                chunk_mb=cfg.chunk_mb,
+            )
+            _replace(model, conv, layer)
+        return model
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """The model unchanged: the HASTE convs *are* the inference model (see :func:`remove_haste`)."""
+        return model
+
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        layers = [layer for _, layer in haste_layers(model)]
+        if not layers:
+            return {}
+        if all(layer.tally.images == 0 for layer in layers) and self._example is not None:
+            self._run_example(model)
+        out = _summarise(layers, self._model_macs, self._layer_macs)
+        out["layers_skipped_small"] = float(self._skipped)
+        return out
+
+    def _run_example(self, model: nn.Module) -> None:
+        assert self._example is not None
+        modes = [(m, m.training) for m in model.modules()]
+        param = next(model.parameters(), None)
+        x = self._example.to(param.device) if param is not None else self._example
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(x)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+
+def _iter_tallies(layers: list[HASTEConv2d]) -> Iterator[_Tally]:
+    return (layer.tally for layer in layers)
+
+
+def _summarise(
+    layers: list[HASTEConv2d], model_macs: float | None, layer_macs: float | None
+) -> dict[str, float]:
+    tallies = list(_iter_tallies(layers))
+    seen = [t for t in tallies if t.images > 0]
+    out: dict[str, float] = {
+        "layers": float(len(layers)),
+        "images_seen": float(max((t.images for t in tallies), default=0)),
+    }
+    if not seen:
+        return out
+    layer_dense = sum(t.dense / t.images for t in seen)
+    layer_needed = sum(t.needed / t.images for t in seen)
+    overhead = sum(t.overhead / t.images for t in seen)
+    out.update(
+        {
+            "haste_dense_flops": layer_dense,
+            "haste_needed_flops": layer_needed,
+            "haste_flops_reduction": 1.0 - layer_needed / layer_dense if layer_dense else 0.0,
+            "overhead_flops": overhead,
+            "bucket_fraction": sum(t.bucket_fraction for t in seen) / max(1, sum(t.tiles for t in seen)),
+        }
+    )
+    other = 0.0
+    dense_total = layer_dense
+    if model_macs is not None and layer_macs is not None:
+        other = 2.0 * (model_macs - layer_macs)
+        dense_total = 2.0 * model_macs
+    needed_total = other + layer_needed
+    out.update(
+        {
+            "dense_macs": dense_total / 2.0,
+            "dense_flops": dense_total,
+            "needed_macs": needed_total / 2.0,
+            "needed_flops": needed_total,
+            "flops_reduction": 1.0 - needed_total / dense_total if dense_total else 0.0,
+        }
+    )
+    lengths = {t.kept for t in seen}
+    if len(seen) == len(tallies) and len(lengths) == 1 and lengths != {0}:
+        per_image = other + sum(torch.cat(t.per_image_needed) for t in seen)
+        assert isinstance(per_image, Tensor)
+        for q in (5, 50, 95):
+            out[f"needed_flops_p{q}"] = _percentile(per_image, q / 100.0)
+    return out
