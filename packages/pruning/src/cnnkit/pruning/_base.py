@@ -437,8 +437,19 @@ class ScoredPruner(Method):
         self._example = ctx.example_input[:1].detach()
         return model
 
+    def trained_model(self, ctx: Context) -> nn.Module | None:
+        """The model this method was applied to, else ``ctx.model`` (None before ``apply``)."""
+        return self._model if self._model is not None else ctx.model
+
+    def require_trained_model(self, ctx: Context) -> nn.Module:
+        """:meth:`trained_model`, with a clear error when the method has not been applied yet."""
+        model = self.trained_model(ctx)
+        if model is None:
+            raise RuntimeError(f"{self._owner()}: call apply(model, ctx) before training")
+        return model
+
     def after_step(self, ctx: Context) -> None:
-        model = self._model if self._model is not None else ctx.model
+        model = self.trained_model(ctx)
         if model is not None:
             enforce_masks(model)
 

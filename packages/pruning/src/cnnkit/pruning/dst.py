@@ -354,14 +354,14 @@ class DynamicSparseTraining(ScoredPruner):
 
     def before_step(self, ctx: Context) -> None:
         if self.needs_gradient and self.is_update_step(ctx.step + 1, ctx):
-            self._arm(self._require_model(ctx))
+            self._arm(self.require_trained_model(ctx))
 
     def after_step(self, ctx: Context) -> None:
         super().after_step(ctx)
         step = ctx.step + 1
         if self.is_update_step(step, ctx):
             try:
-                self.update(self._require_model(ctx), self.drop_fraction_at(step, ctx), ctx.optimizer)
+                self.update(self.require_trained_model(ctx), self.drop_fraction_at(step, ctx), ctx.optimizer)
             finally:
                 self._disarm()
 
@@ -371,7 +371,7 @@ class DynamicSparseTraining(ScoredPruner):
         total_epochs = ctx.total_epochs if ctx.total_epochs is not None else self._total_epochs
         if total_epochs is not None and ctx.epoch + 1 >= total_epochs:
             return  # no update after the final epoch (official SET code)
-        self.update(self._require_model(ctx), self.drop_fraction_at(ctx.step, ctx), ctx.optimizer)
+        self.update(self.require_trained_model(ctx), self.drop_fraction_at(ctx.step, ctx), ctx.optimizer)
 
     # -- the update -----------------------------------------------------------------------------------
     def grow_scores(self, name: str, module: nn.Module, keep: Tensor) -> Tensor:
@@ -429,12 +429,6 @@ class DynamicSparseTraining(ScoredPruner):
         self._grads = {}
 
     # -- helpers --------------------------------------------------------------------------------------
-    def _require_model(self, ctx: Context) -> nn.Module:
-        model = self._model if self._model is not None else ctx.model
-        if model is None:
-            raise RuntimeError(f"{self._owner()}: call apply(model, ctx) before training")
-        return model
-
     def stats(self, model: nn.Module) -> dict[str, float]:
         return {
             **super().stats(model),

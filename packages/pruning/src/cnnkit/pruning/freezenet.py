@@ -421,7 +421,7 @@ class FreezeNet(ScoredPruner):
         return model
 
     def after_step(self, ctx: Context) -> None:
-        model = self._model if self._model is not None else ctx.model
+        model = self.trained_model(ctx)
         if self.config.frozen_weight_decay and model is not None and ctx.optimizer is not None:
             self._decay_frozen(model, ctx.optimizer)
         super().after_step(ctx)

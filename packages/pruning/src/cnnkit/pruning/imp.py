@@ -255,12 +255,12 @@ class IMP(ScoredPruner):
         super().after_step(ctx)
         cfg = self.config
         if cfg.rewind == "weights" and self._snapshot is None and ctx.step + 1 == cfg.rewind_step:
-            self._snapshot = self._take_snapshot(self._require_model(ctx))
+            self._snapshot = self._take_snapshot(self.require_trained_model(ctx))
 
     def after_epoch(self, ctx: Context) -> None:
         if self._round >= self._rounds or (ctx.epoch + 1) % self._epochs_per_round != 0:
             return
-        self.prune_round(self._require_model(ctx), ctx.optimizer)
+        self.prune_round(self.require_trained_model(ctx), ctx.optimizer)
 
     def prune_round(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Prune ``pruning_fraction`` of the remaining weights by magnitude, then rewind (one level)."""
@@ -316,12 +316,6 @@ class IMP(ScoredPruner):
             for name, value in snapshot.items():
                 tensors[name].copy_(value)
         enforce_masks(model)
-
-    def _require_model(self, ctx: Context) -> nn.Module:
-        model = self._model if self._model is not None else ctx.model
-        if model is None:
-            raise RuntimeError(f"{self._owner()}: call apply(model, ctx) before training")
-        return model
 
     # -- reporting and checkpoints --------------------------------------------------------------------
     def stats(self, model: nn.Module) -> dict[str, float]:
