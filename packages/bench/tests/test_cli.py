@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
+from torch import nn
 
 from cnnkit.bench.cli import main
 from cnnkit.bench.results import ResultStore
+from cnnkit.core import Context, Method, MethodConfig, MethodSpec, hookimpl
+from cnnkit.core.method import MethodNotApplicableError
 
 TINY_FLAGS = [
     "--model",
@@ -115,6 +118,39 @@ def test_demo_trains_the_baseline_on_the_embedded_data(registries: Any, tmp_path
     assert code == 0
     out = capsys.readouterr().out
     assert "| lenet5_caffe | fashion_mnist_mini | baseline | 1 |" in out
+
+
+class NeedsDemoConfig(Method):
+    """Applies only with ``width=5``: its paper default does not fit the demo's model."""
+
+    name = "needs_demo_config"
+    kind = "efficiency"
+    demo_config: ClassVar[dict[str, Any]] = {"width": 5}
+
+    class Config(MethodConfig):
+        width: int = 3
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        if self.config.width != 5:  # type: ignore[attr-defined]
+            raise MethodNotApplicableError("needs width=5 on LeNet-5-Caffe")
+        return model
+
+
+class _DemoPlugin:
+    @hookimpl
+    def cnnkit_register_methods(self, registry: Any) -> None:
+        registry.add(
+            MethodSpec(name="needs_demo_config", kind="efficiency", target=f"{__name__}:NeedsDemoConfig")
+        )
+
+
+def test_demo_runs_each_method_with_its_demo_config(registries: Any) -> None:
+    from cnnkit.bench.cli import demo_configs
+
+    registries.register_plugin(_DemoPlugin())
+    refs = [cfg.methods[0] for cfg in demo_configs(1, 1, 3) if cfg.methods]
+    ours = [ref for ref in refs if ref.name == "needs_demo_config"]
+    assert [ref.config for ref in ours] == [{"width": 5}]
 
 
 @pytest.mark.parametrize("argv", [["run", "--epochs", "x"], ["nosuchcommand"], []])

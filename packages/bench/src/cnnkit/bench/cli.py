@@ -241,12 +241,20 @@ def demo_methods() -> list[str]:
     return [chosen[source] for source in sorted(chosen)]
 
 
+def _demo_ref(name: str) -> dict[str, Any]:
+    """The method with its ``demo_config`` (overrides for LeNet-5-Caffe, if its paper defaults need any)."""
+    from cnnkit.core.plugins import get_registries
+
+    overrides = dict(get_registries().methods.get(name).load().demo_config)
+    return {"name": name, "config": overrides}
+
+
 def demo_configs(epochs: int, seeds: int, max_steps: int | None) -> list[Any]:
     """The demo grid: LeNet-5-Caffe on the embedded Fashion-MNIST subset, dense and with one method of each
     installed method package, ``seeds`` seeds each."""
     from cnnkit.bench.sweep import make_run_config
 
-    stacks: list[list[str]] = [[], *([name] for name in demo_methods())]
+    stacks: list[list[Any]] = [[], *([_demo_ref(name)] for name in demo_methods())]
     base = {**DEMO_BASE, "epochs": epochs, "max_steps_per_epoch": max_steps}
     return [
         make_run_config({**base, "seed": seed, "methods": stack}) for stack in stacks for seed in range(seeds)

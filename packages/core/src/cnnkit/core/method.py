@@ -63,6 +63,7 @@ class Method:
         allow_multiple: whether one stack may hold this method twice (e.g. at different sites).
         export_preserves_output: see below.
         contract_config: see below.
+        demo_config: see below.
     """
 
     name: ClassVar[str] = ""
@@ -75,6 +76,9 @@ class Method:
     contract tests); ``False`` for methods whose export changes the function on purpose."""
     contract_config: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     """Config overrides used by :mod:`cnnkit.core.testing`'s contract checks on tiny models."""
+    demo_config: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """Config overrides the bench's demo (LeNet-5-Caffe, 28x28 grey images) uses, for a method whose paper
+    defaults do not fit that model (HASTE replaces 3x3 convs by default; LeNet's are 5x5)."""
 
     def __init__(self, *, config: MethodConfig | None = None, **overrides: Any) -> None:
         if config is None:

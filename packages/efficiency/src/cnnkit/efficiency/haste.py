@@ -600,6 +600,8 @@ class HASTE(Method):
     config: HASTEConfig
 
     contract_config: ClassVar[dict[str, Any]] = {}
+    # the bench demo's LeNet-5-Caffe has 5x5 convs only: HASTE replaces conv2 there
+    demo_config: ClassVar[dict[str, Any]] = {"kernel_sizes": [5]}
 
     def __init__(self, *, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(config=config, **overrides)
