@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnnkit.bench.results import ResultStore, RunRecord
+from cnnkit.bench.results import RunRecord
 from cnnkit.bench.runconfig import RunConfig
 
 __all__ = [
@@ -297,7 +297,7 @@ def write_plot(records: dict[Setting, RunRecord | None], path: Path, title: str)
 
 
 def _run_part(
-    configs: dict[Setting, RunConfig], store: ResultStore, store_dir: Path
+    configs: dict[Setting, RunConfig], store: Any, store_dir: Path
 ) -> tuple[dict[Setting, RunRecord | None], int]:
     from cnnkit.bench.cli import execute
 
@@ -316,7 +316,8 @@ def _want_cifar(args: argparse.Namespace) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     """Run (or reuse) the runs, print the table(s) and write them and the plot(s) to ``--out``."""
-    from cnnkit.bench.cli import EXIT_FAILED, EXIT_OK
+    from cnnkit.bench import distributed
+    from cnnkit.bench.cli import EXIT_FAILED, EXIT_OK, _store
 
     quick = bool(getattr(args, "quick", False))
     dataset = getattr(args, "dataset", None)
@@ -337,14 +338,20 @@ def main(args: argparse.Namespace) -> int:
     )
     configs = run_configs(root, quick=quick, dataset=str(dataset), grid=grid)
     store_dir = Path(args.store)
-    store = ResultStore(store_dir / "results.sqlite")
+    store = _store(args)  # under torchrun: rank 0 writes the store, the table and the plots
+    writer = distributed.is_main()
     out = Path(args.out) if getattr(args, "out", None) else store_dir / f"reproduce-{PRESET}"
-    out.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     print(f"{PRESET}: {len(configs)} run(s), results in {store_dir}", file=sys.stderr)
     records, bad = _run_part(configs, store, store_dir)
     first = next(iter(configs.values()))
     text = _report("Interspace vs standard pruning, LeNet-5-Caffe", records, first, quick)
-    plot = write_plot(records, out / "accuracy_vs_sparsity.png", "IP (solid) vs SP (dashed), LeNet-5-Caffe")
+    plot = (
+        write_plot(records, out / "accuracy_vs_sparsity.png", "IP (solid) vs SP (dashed), LeNet-5-Caffe")
+        if writer
+        else None
+    )
     if _want_cifar(args):
         cifar_root = find_data_root(getattr(args, "data_root", None), marker="cifar10-jpeg.tar.gz")
         cifar = cifar_configs(cifar_root, grid=grid)
@@ -353,7 +360,12 @@ def main(args: argparse.Namespace) -> int:
         bad += cifar_bad
         first_cifar = next(iter(cifar.values()))
         text += "\n" + _report("Interspace vs standard pruning, ResNet-20", cifar_records, first_cifar, False)
-        write_plot(cifar_records, out / "accuracy_vs_sparsity_cifar10.png", "IP vs SP, ResNet-20, CIFAR-10")
+        if writer:
+            write_plot(
+                cifar_records, out / "accuracy_vs_sparsity_cifar10.png", "IP vs SP, ResNet-20, CIFAR-10"
+            )
+    if not writer:
+        return EXIT_FAILED if bad else EXIT_OK
     print(text)
     (out / "table.md").write_text(text)
     written = [out / "table.md", *([plot] if plot is not None else [])]
