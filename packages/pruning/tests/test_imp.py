@@ -5,7 +5,6 @@ computed by hand, global magnitude selection against a sort, nested masks, bit-e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -22,15 +21,6 @@ from cnnkit.pruning.imp import IMP, magnitude_round, planned_rounds
 SHAPE = (2, 4, 4)
 CLASSES = 3
 STEPS_PER_EPOCH = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; one thread keeps these tests fast on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallBNNet(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ from cnnkit.core.testing import TINY_MODELS, check_method_contract, make_context
 from cnnkit.regularizers.sr import SR, SqueezeRemember
 
 R50_PARAMS = 25_557_032
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; one thread keeps these tests fast on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(name: str = "tiny_resnet", seed: int = 0) -> nn.Module:

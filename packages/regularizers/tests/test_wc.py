@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -18,15 +17,6 @@ from cnnkit.core.masks import apply_mask
 from cnnkit.core.method import MethodNotApplicableError, build_param_groups
 from cnnkit.core.testing import TINY_MODELS, check_method_contract, make_context, seeded_batch
 from cnnkit.regularizers.wc import WC, Compander, compander_layers
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; one thread keeps these tests fast on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(name: str = "tiny_resnet", seed: int = 0) -> nn.Module:
