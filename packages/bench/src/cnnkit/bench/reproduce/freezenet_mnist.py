@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cnnkit.bench.reproduce._shared import data_candidates, lenet_recipe, markdown_table
+from cnnkit.bench.reproduce._shared import find_data_root as _find_data_root
 from cnnkit.bench.results import RunRecord
 from cnnkit.bench.runconfig import RunConfig
 
@@ -84,25 +85,13 @@ def freezing_rate(weights: int = LENET5_WEIGHTS, factor: int = COMPRESSION) -> f
     raise ValueError(f"no float freezing rate keeps exactly {k} of {weights}")  # pragma: no cover
 
 
-def _candidates() -> list[Path]:
-    here = Path(__file__).resolve()
-    repo_roots = [p for p in here.parents if (p / "pyproject.toml").is_file() and (p / "packages").is_dir()]
-    bases = [Path.cwd(), *repo_roots]
-    return [base.parent / "shared" / "data" for base in bases] + [base / "shared" / "data" for base in bases]
+_candidates = data_candidates  # a module attribute, so that tests can point it elsewhere
 
 
 def find_data_root(explicit: str | None) -> str | None:
     """``explicit``, else ``$CNNKIT_DATA``, else the first ``../shared/data`` (relative to the current folder
     or the repository) that holds ``MNIST/raw``; ``None`` when none is found (the dataset then explains)."""
-    if explicit:
-        return explicit
-    env = os.environ.get("CNNKIT_DATA")
-    if env:
-        return env
-    for candidate in _candidates():
-        if (candidate / "MNIST" / "raw").is_dir():
-            return str(candidate)
-    return None
+    return _find_data_root(explicit, "MNIST/raw", _candidates())
 
 
 def run_configs(
@@ -112,20 +101,14 @@ def run_configs(
     from cnnkit.bench.sweep import make_run_config
 
     q = freezing_rate()
-    base: dict[str, Any] = {
-        "model": "lenet5_caffe",
-        "dataset": dataset,
-        "data_root": data_root,
-        "seed": 0,
-        "epochs": 1 if quick else epochs,
-        "batch_size": 100,
-        "max_steps_per_epoch": QUICK_STEPS if quick else None,
-        "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9, "weight_decay": 5e-4},
-        "schedule": {"name": "multistep", "milestones": list(MILESTONES), "gamma": 0.1},
-        "protocol": "val",
-        "measure_latency": False,
-        "progress": False,
-    }
+    base = lenet_recipe(
+        data_root,
+        dataset,
+        epochs=1 if quick else epochs,
+        lr=LR,
+        milestones=MILESTONES,
+        quick_steps=QUICK_STEPS if quick else None,
+    )
     methods: dict[str, list[dict[str, Any]]] = {
         "dense": [],
         "freezenet": [{"name": "freezenet", "config": {"sparsity": q}}],
@@ -190,9 +173,7 @@ def build_table(records: Mapping[str, RunRecord | None]) -> list[list[str]]:
 
 def render_table(rows: list[list[str]]) -> str:
     """A Markdown table with :data:`HEADER`."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(HEADER, rows)
 
 
 def _report(rows: list[list[str]], configs: dict[str, RunConfig], quick: bool) -> str:

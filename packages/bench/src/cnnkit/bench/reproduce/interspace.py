@@ -40,12 +40,13 @@ runs that failed or did not finish are shown by status) and ``accuracy_vs_sparsi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cnnkit.bench.reproduce._shared import data_candidates, lenet_recipe, markdown_table
+from cnnkit.bench.reproduce._shared import find_data_root as _find_data_root
 from cnnkit.bench.results import RunRecord
 from cnnkit.bench.runconfig import RunConfig
 
@@ -97,25 +98,13 @@ def settings(methods: Sequence[str] = METHODS, sparsities: Sequence[float] = SPA
 # --------------------------------------------------------------------------------------------- data
 
 
-def _candidates() -> list[Path]:
-    here = Path(__file__).resolve()
-    repo_roots = [p for p in here.parents if (p / "pyproject.toml").is_file() and (p / "packages").is_dir()]
-    bases = [Path.cwd(), *repo_roots]
-    return [base.parent / "shared" / "data" for base in bases] + [base / "shared" / "data" for base in bases]
+_candidates = data_candidates  # a module attribute, so that tests can point it elsewhere
 
 
 def find_data_root(explicit: str | None, marker: str = "FashionMNIST/raw") -> str | None:
     """``explicit``, else ``$CNNKIT_DATA``, else the first ``../shared/data`` (relative to the current folder
     or the repository) that holds ``marker``; ``None`` when none is found."""
-    if explicit:
-        return explicit
-    env = os.environ.get("CNNKIT_DATA")
-    if env:
-        return env
-    for candidate in _candidates():
-        if (candidate / marker).exists():
-            return str(candidate)
-    return None
+    return _find_data_root(explicit, marker, _candidates())
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -139,20 +128,14 @@ def run_configs(
     """The LeNet-5-Caffe runs by setting (same recipe and seed for all)."""
     from cnnkit.bench.sweep import make_run_config
 
-    base: dict[str, Any] = {
-        "model": "lenet5_caffe",
-        "dataset": dataset,
-        "data_root": data_root,
-        "seed": 0,
-        "epochs": 1 if quick else epochs,
-        "batch_size": 100,
-        "max_steps_per_epoch": QUICK_STEPS if quick else None,
-        "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9, "weight_decay": 5e-4},
-        "schedule": {"name": "multistep", "milestones": list(MILESTONES), "gamma": 0.1},
-        "protocol": "val",
-        "measure_latency": False,
-        "progress": False,
-    }
+    base = lenet_recipe(
+        data_root,
+        dataset,
+        epochs=1 if quick else epochs,
+        lr=LR,
+        milestones=MILESTONES,
+        quick_steps=QUICK_STEPS if quick else None,
+    )
     return {s: make_run_config({**base, "methods": [_method(s)]}) for s in (grid or settings())}
 
 
@@ -224,9 +207,7 @@ def build_rows(records: dict[Setting, RunRecord | None]) -> list[list[str]]:
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table with :data:`HEADER`."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(HEADER, rows)
 
 
 def _verdict(records: dict[Setting, RunRecord | None]) -> str:
