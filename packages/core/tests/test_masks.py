@@ -19,6 +19,7 @@ from cnnkit.core.masks import (
     get_mask,
     get_weight_mask,
     is_masked,
+    keep_masks,
     mask_gradients,
     mask_optimizer_state,
     maskable_modules,
@@ -439,3 +440,17 @@ def test_assigning_the_weight_keeps_masked_entries(mode: str) -> None:
     assert torch.equal(original(lin).detach()[0], torch.full((4,), 7.0))
     assert torch.equal(original(lin).detach()[1:], fixed)
     assert torch.equal(lin.weight.detach()[1:], fixed)
+
+
+def test_keep_masks_copies_every_mask_as_bool_by_module_name() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    first = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]])
+    apply_mask(model[0], first)
+    apply_mask(model[2], torch.ones(2, 3), mode="freeze")
+    apply_mask(model[2], torch.tensor([1.0, 0.0]), name="bias")
+    masks = keep_masks(model)
+    assert list(masks) == ["0", "2", "2.bias"]
+    assert masks["0"].dtype == torch.bool and torch.equal(masks["0"], first.bool())
+    assert bool(masks["2"].all()) and masks["2.bias"].tolist() == [True, False]
+    masks["0"].fill_(False)  # a copy: the live mask is unchanged
+    assert torch.equal(keep_masks(model)["0"], first.bool())

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from cnnkit.core.config import ConfigError
 from cnnkit.core.context import Context
-from cnnkit.core.masks import get_mask, masked_modules
+from cnnkit.core.masks import keep_masks
 from cnnkit.core.method import MethodNotApplicableError
 from cnnkit.core.testing import TinyResNet, TinyVGG, make_context
 from cnnkit.pruning._base import keep_count
@@ -26,15 +26,6 @@ def _model(seed: int = 0, make: Any = TinyVGG) -> nn.Module:
     torch.manual_seed(seed)
     model: nn.Module = make()
     return model
-
-
-def _masks(model: nn.Module) -> dict[str, Tensor]:
-    out = {}
-    for name, module, _ in masked_modules(model):
-        mask = get_mask(module)
-        assert mask is not None
-        out[name] = mask.bool()
-    return out
 
 
 def _flat(scores: dict[str, Tensor]) -> Tensor:
@@ -59,11 +50,11 @@ def test_global_mask_equals_combine_on_the_sub_pruners_scores() -> None:
     expected = combine([s1, s2], k, [gamma]).mask
     method = COPS(sparsity=q, controls=(gamma,), score_configs=SYNFLOW)
     model = method.apply(_model(), ctx)
-    got = torch.cat([m.reshape(-1) for m in _masks(model).values()])
+    got = torch.cat([m.reshape(-1) for m in keep_masks(model).values()])
     assert torch.equal(got, expected)
     assert int(got.sum()) == k
     snip_only = SNIP(sparsity=q).apply(_model(), ctx)
-    assert not torch.equal(got, torch.cat([m.reshape(-1) for m in _masks(snip_only).values()]))  # binding
+    assert not torch.equal(got, torch.cat([m.reshape(-1) for m in keep_masks(snip_only).values()]))  # binding
     stats = method.stats(model)
     assert stats["cops_lambda_2"] > 0.0
     assert stats["cops_achieved_2"] >= stats["cops_rhs_2"] * (1 - 1e-9)
@@ -73,7 +64,7 @@ def test_layerwise_scope_solves_one_lp_per_layer() -> None:
     ctx, q, gamma = make_context(seed=2), 0.8, 0.9
     reference = _reference_sets(_model(), ctx, q, "layerwise")
     method = COPS(sparsity=q, scope="layerwise", controls=(gamma,), score_configs=SYNFLOW)
-    masks = _masks(method.apply(_model(), ctx))
+    masks = keep_masks(method.apply(_model(), ctx))
     for name, mask in masks.items():
         s1, s2 = reference[0][name].reshape(-1), reference[1][name].reshape(-1)
         k = keep_count(s1.numel(), Decimal(1) - Decimal(repr(q)))
@@ -83,8 +74,8 @@ def test_layerwise_scope_solves_one_lp_per_layer() -> None:
 
 def test_zero_control_gives_the_main_scores_pruner_mask() -> None:
     ctx = make_context(seed=3)
-    cops = _masks(COPS(sparsity=0.85, controls=(0.0,), score_configs=SYNFLOW).apply(_model(1), ctx))
-    snip = _masks(SNIP(sparsity=0.85).apply(_model(1), ctx))
+    cops = keep_masks(COPS(sparsity=0.85, controls=(0.0,), score_configs=SYNFLOW).apply(_model(1), ctx))
+    snip = keep_masks(SNIP(sparsity=0.85).apply(_model(1), ctx))
     assert cops.keys() == snip.keys()
     for name in cops:
         assert torch.equal(cops[name], snip[name]), name
@@ -92,10 +83,10 @@ def test_zero_control_gives_the_main_scores_pruner_mask() -> None:
 
 def test_full_control_gives_the_auxiliary_scores_top_k() -> None:
     ctx = Context(example_input=torch.randn(2, 3, 16, 16), seed=0)  # data-free pair: no batches needed
-    cops = _masks(COPS(sparsity=0.9, scores=("magnitude", "synflow"), controls=(1.0,), **_syn()).apply(
+    cops = keep_masks(COPS(sparsity=0.9, scores=("magnitude", "synflow"), controls=(1.0,), **_syn()).apply(
         _model(2), ctx
     ))  # fmt: skip
-    synflow = _masks(SynFlow(sparsity=0.9, rounds=5).apply(_model(2), ctx))
+    synflow = keep_masks(SynFlow(sparsity=0.9, rounds=5).apply(_model(2), ctx))
     for name in cops:
         assert torch.equal(cops[name], synflow[name]), name
 
@@ -110,7 +101,7 @@ def test_three_scores_meet_every_control_with_exactly_k_weights() -> None:
         sparsity=0.9, scores=("snip", "synflow", "magnitude"), controls=(0.7, 0.9), score_configs=SYNFLOW
     )
     model = method.apply(_model(3, TinyResNet), ctx)
-    masks = _masks(model)
+    masks = keep_masks(model)
     total = sum(m.numel() for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == math.ceil(0.1 * total - 1e-9)
     stats = method.stats(model)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from cnnkit.core.config import ConfigError
 from cnnkit.core.context import Context
 from cnnkit.core.loop import MethodRunner
-from cnnkit.core.masks import get_mask, get_weight_mask, masked_modules
+from cnnkit.core.masks import get_weight_mask, keep_masks, masked_modules
 from cnnkit.core.testing import TinyVGG, check_method_contract, method_factory
 from cnnkit.pruning.dst import (
     SET,
@@ -84,17 +84,8 @@ def _setup(
     return model, runner, opt
 
 
-def _keeps(model: nn.Module) -> dict[str, Tensor]:
-    out = {}
-    for name, module, _ in masked_modules(model):
-        mask = get_mask(module)
-        assert mask is not None
-        out[name] = mask.bool().clone()
-    return out
-
-
 def _counts(model: nn.Module) -> dict[str, int]:
-    return {n: int(k.sum()) for n, k in _keeps(model).items()}
+    return {n: int(k.sum()) for n, k in keep_masks(model).items()}
 
 
 def _original(model: nn.Module, name: str) -> Tensor:
@@ -235,11 +226,11 @@ def test_per_layer_density_is_exactly_constant_over_500_steps(
     initial = _counts(model)
     assert sum(initial.values()) >= 1
     changes = 0
-    previous = _keeps(model)
+    previous = keep_masks(model)
     for step in range(500):
         runner.train_step(model, *_batch(step))
         assert _counts(model) == initial, f"density changed at step {step + 1}"
-        keeps = _keeps(model)
+        keeps = keep_masks(model)
         changes += sum(int((keeps[n] != previous[n]).sum()) for n in keeps)
         previous = keeps
     assert method.stats(model)["updates"] == len(
@@ -257,7 +248,7 @@ def _manual_step(runner: MethodRunner, model: nn.Module, opt: torch.optim.Optimi
     loss.backward()
     runner.after_backward()
     opt.step()
-    seen = {n: (_keeps(model)[n], _original(model, n).detach().clone()) for n in _keeps(model)}
+    seen = {n: (keep_masks(model)[n], _original(model, n).detach().clone()) for n in keep_masks(model)}
     runner.after_step()
     return seen
 
@@ -291,10 +282,10 @@ def test_rigl_drops_smallest_magnitudes_and_grows_largest_dense_gradients(inters
     checked = 0
     for step in range(1, 13):
         x, y = _batch(step, torch.float64)
-        before = _keeps(model)
+        before = keep_masks(model)
         reference = _dense_gradients(model, x, y) if step % dt == 0 else None
         seen = _manual_step(runner, model, opt, x, y)
-        after = _keeps(model)
+        after = keep_masks(model)
         if reference is None:
             assert all(torch.equal(after[n], before[n]) for n in after), f"mask changed at step {step}"
             continue
@@ -350,11 +341,11 @@ def test_grown_weights_start_at_zero_with_reset_optimizer_state(cls: type, adam:
     grown_total = 0
     for step in range(1, 7):
         x, y = _batch(step)
-        before = _keeps(model)
+        before = keep_masks(model)
         _manual_step(runner, model, opt, x, y)
         if step % 2:
             continue
-        for name, keep in _keeps(model).items():
+        for name, keep in keep_masks(model).items():
             changed = keep != before[name]
             grown = keep & ~before[name]
             original = _original(model, name)
@@ -374,10 +365,10 @@ def test_reset_momentum_false_keeps_the_state() -> None:
     method = RigL(sparsity=0.8, delta_t=2, reset_momentum=False, regrow_dropped=True)
     model, runner, opt = _setup(method, total_steps=20)
     for step in range(1, 3):
-        before = _keeps(model)
+        before = keep_masks(model)
         _manual_step(runner, model, opt, *_batch(step))
     dropped_with_state = 0
-    for name, keep in _keeps(model).items():
+    for name, keep in keep_masks(model).items():
         dropped = before[name] & ~keep
         buf = opt.state[_original(model, name)]["momentum_buffer"]
         dropped_with_state += int((buf[dropped] != 0).sum())
@@ -388,16 +379,16 @@ def test_set_updates_after_every_epoch_but_the_last_and_is_seeded() -> None:
     def run(seed: int) -> tuple[list[dict[str, Tensor]], SET]:
         method = SET(sparsity=0.8)
         model, runner, _ = _setup(method, total_steps=12, total_epochs=3, seed=seed)
-        history = [_keeps(model)]
+        history = [keep_masks(model)]
         for epoch in range(3):
             for step in range(4):
                 runner.train_step(model, *_batch(epoch * 4 + step))
                 assert all(
                     torch.equal(a, b)
-                    for a, b in zip(_keeps(model).values(), history[-1].values(), strict=True)
+                    for a, b in zip(keep_masks(model).values(), history[-1].values(), strict=True)
                 )
             runner.end_epoch()
-            history.append(_keeps(model))
+            history.append(keep_masks(model))
         assert "fc2" not in history[0]  # SET keeps the output layer dense
         return history, method
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from cnnkit.core.config import ConfigError
 from cnnkit.core.context import Context
 from cnnkit.core.loop import MethodRunner
-from cnnkit.core.masks import get_mask, masked_modules
+from cnnkit.core.masks import keep_masks, masked_modules
 from cnnkit.core.testing import TinyVGG, check_method_contract, method_factory
 from cnnkit.pruning.imp import IMP, magnitude_round, planned_rounds
 
@@ -61,15 +61,6 @@ def _setup(method: IMP, epochs: int) -> tuple[nn.Module, MethodRunner, torch.opt
     opt = torch.optim.SGD(runner.param_groups(model, weight_decay=5e-4), lr=0.05, momentum=0.9)
     runner.set_optimizer(opt)
     return model, runner, opt
-
-
-def _keeps(model: nn.Module) -> dict[str, Tensor]:
-    out = {}
-    for name, module, _ in masked_modules(model):
-        mask = get_mask(module)
-        assert mask is not None
-        out[name] = mask.bool().clone()
-    return out
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -122,7 +113,7 @@ def _run(method: IMP, epochs: int, on_epoch=None, on_step=None) -> nn.Module:
             runner.train_step(model, *_batch(epoch * STEPS_PER_EPOCH + i))
             if on_step is not None:
                 on_step(runner.ctx.step, model)
-        before = (_keeps(model), _state(model))
+        before = (keep_masks(model), _state(model))
         runner.end_epoch()
         if on_epoch is not None:
             on_epoch(epoch + 1, model, before, opt)
@@ -136,7 +127,7 @@ def test_rounds_prune_twenty_percent_of_the_remaining_globally_by_magnitude_nest
 
     def on_epoch(epoch: int, model: nn.Module, before, opt) -> None:
         keeps_before, state_before = before
-        keeps = _keeps(model)
+        keeps = keep_masks(model)
         n_before = sum(int(k.sum()) for k in keeps_before.values())
         n_after = sum(int(k.sum()) for k in keeps.values())
         if epoch > 3:
@@ -188,7 +179,7 @@ def test_survivors_equal_their_step_k_values_bit_for_bit_after_rewinding(k: int)
     def on_epoch(epoch: int, model: nn.Module, before, opt) -> None:
         if epoch not in (2, 4):
             return
-        keeps, state, theta_k = _keeps(model), _state(model), saved["k"]
+        keeps, state, theta_k = keep_masks(model), _state(model), saved["k"]
         for name, value in state.items():
             raw = name.endswith(".parametrizations.weight.original")
             mask = keeps[name.split(".parametrizations")[0]] if raw else None
@@ -210,7 +201,7 @@ def test_layerwise_prunes_twenty_percent_of_each_layer() -> None:
     seen = []
 
     def on_epoch(epoch: int, model: nn.Module, before, opt) -> None:
-        for name, keep in _keeps(model).items():
+        for name, keep in keep_masks(model).items():
             n, kept_before = keep.numel(), int(before[0][name].sum())
             expected = max(kept_before - math.ceil(0.2 * kept_before), math.ceil(round(0.64 * n, 9)))
             assert int(keep.sum()) == (expected if epoch <= 2 else kept_before), (epoch, name)
@@ -226,7 +217,7 @@ def test_rewind_none_keeps_the_trained_weights_and_reset_optimizer_false_keeps_m
     def on_epoch(epoch: int, model: nn.Module, before, opt) -> None:
         if epoch != 1:
             return
-        keeps, state = _keeps(model), _state(model)
+        keeps, state = keep_masks(model), _state(model)
         for name, keep in keeps.items():
             assert torch.equal(state[_raw(name)][keep], before[1][_raw(name)][keep])
             buf = opt.state[model.get_submodule(name).parametrizations.weight.original]["momentum_buffer"]
@@ -281,7 +272,8 @@ def test_method_state_survives_a_weights_only_checkpoint(tmp_path) -> None:
         r.end_epoch()
     assert twin.round == method.round == 2
     assert all(
-        torch.equal(a, b) for a, b in zip(_keeps(model).values(), _keeps(model2).values(), strict=True)
+        torch.equal(a, b)
+        for a, b in zip(keep_masks(model).values(), keep_masks(model2).values(), strict=True)
     )
 
 

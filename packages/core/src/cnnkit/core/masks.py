@@ -60,6 +60,7 @@ __all__ = [
     "get_mask",
     "get_weight_mask",
     "is_masked",
+    "keep_masks",
     "mask_gradients",
     "mask_optimizer_state",
     "maskable_modules",
@@ -278,6 +279,16 @@ def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
         for tensor_name in cast(nn.ModuleDict, module.parametrizations):
             if is_masked(module, tensor_name):
                 yield module_name, module, tensor_name
+
+
+def keep_masks(model: nn.Module) -> dict[str, Tensor]:
+    """A boolean copy of every mask (True = kept), keyed by module name (``"name.tensor"`` for a masked
+    tensor other than ``weight``), in model order."""
+    out: dict[str, Tensor] = {}
+    for module_name, module, tensor_name in masked_modules(model):
+        key = module_name if tensor_name == "weight" else f"{module_name}.{tensor_name}"
+        out[key] = cast(Tensor, get_mask(module, tensor_name)).bool().clone()
+    return out
 
 
 def _masks(model: nn.Module) -> Iterator[tuple[nn.Module, str, WeightMask]]:
