@@ -138,8 +138,14 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo |
 
 
 def shutdown() -> None:
-    """Destroy the process group if one exists."""
+    """Destroy the process group if one exists, once every rank has arrived here.
+
+    Without the barrier a rank could tear gloo down while its peer still closes its side of the last
+    collective; on a loaded machine that aborted a process at exit ("terminate called without an active
+    exception") after all its work had finished.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
