@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from cnnkit.core.cost import FlopCount, ParamCount, count_flops, count_params, report_macs
+from cnnkit.core.cost import (
+    FlopCount,
+    ParamCount,
+    count_flops,
+    count_params,
+    report_macs,
+    reporting_macs,
+)
 from cnnkit.core.masks import apply_mask
 
 
@@ -157,6 +164,24 @@ class Skipper(nn.Module):
         return self.fc(x)
 
 
+class Listener(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.heard.append(reporting_macs())
+        return x
+
+
+def test_reporting_macs_is_true_only_inside_count_flops() -> None:
+    listener = Listener()
+    listener(torch.randn(1, 2))
+    count_flops(listener, torch.randn(1, 2))
+    listener(torch.randn(1, 2))
+    assert listener.heard == [False, True, False]
+
+
 def test_report_macs() -> None:
     model = nn.Sequential(Skipper(), nn.Linear(8, 2))
     result = count_flops(model, torch.randn(4, 8))
@@ -165,7 +190,8 @@ def test_report_macs() -> None:
     assert result.effective_macs == 4 * 64 + 4 * 16 - 128 + 15
     assert result.as_dict()["reported_macs"] == -113.0
     assert set(result.as_dict()) == {"macs", "flops", "effective_macs", "reported_macs"}
-    # outside count_flops: a no-op that leaks into nothing
+    # outside count_flops: a no-op that leaks into nothing, and reporting_macs() says so
+    assert not reporting_macs()
     report_macs(1e9, note="router")
     model(torch.randn(4, 8))
     assert count_flops(model, torch.randn(4, 8)).reported == {"skipped": -128.0, "router": 15.0}

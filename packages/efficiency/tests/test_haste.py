@@ -369,3 +369,20 @@ def test_parametrized_conv_is_a_clear_error() -> None:
     parametrize.register_parametrization(model.layer3[0].conv1, "weight", _Identity())
     with pytest.raises(MethodNotApplicableError, match=r"layer3\.0\.conv1.*parametrized"):
         create_method("haste").apply(model, make_context())
+
+
+def test_tally_queue_is_bounded_and_loses_no_forward() -> None:
+    from cnnkit.efficiency.haste import _PENDING_MAX
+
+    layer = HASTEConv2d(_conv(c=8, o=4), hyperplanes=3, patch=2).eval()
+    x = _input(2, 8, 4, 4)
+    forwards = _PENDING_MAX + 7
+    with torch.no_grad():
+        for _ in range(forwards):
+            layer(x)
+    assert len(layer._pending) <= _PENDING_MAX  # folded on the way, not kept forever
+    assert layer.tally.images == 2 * forwards and not layer._pending
+    single = HASTEConv2d(_conv(c=8, o=4), hyperplanes=3, patch=2).eval()
+    with torch.no_grad():
+        single(x)
+    assert layer.tally.needed == pytest.approx(forwards * single.tally.needed, rel=1e-12)

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnkit.core.masks import get_weight_mask
 
-__all__ = ["FlopCount", "ParamCount", "count_flops", "count_params", "report_macs"]
+__all__ = ["FlopCount", "ParamCount", "count_flops", "count_params", "report_macs", "reporting_macs"]
 
 
 # --------------------------------------------------------------------------------------------- parameters
@@ -176,6 +176,12 @@ def report_macs(macs: float, *, note: str = "") -> None:
     """
     for sink in _REPORTS.get():
         sink[note] = sink.get(note, 0.0) + float(macs)
+
+
+def reporting_macs() -> bool:
+    """Whether a :func:`count_flops` is collecting :func:`report_macs` calls right now (so a method can skip
+    computing what it would report when nobody listens)."""
+    return bool(_REPORTS.get())
 
 
 @contextmanager

@@ -8,6 +8,7 @@ tile.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "image_hash_inputs",
     "image_path_uses_gemm",
     "make_projection",
+    "scratch",
     "simulate_images",
     "simulate_tiles",
     "stitch_tiles",
@@ -312,6 +314,21 @@ def image_path_uses_gemm(out_h: int, out_w: int) -> bool:
     return out_h * out_w < GEMM_BELOW
 
 
+_SCRATCH = threading.local()
+
+
+def scratch(numel: int, like: Tensor) -> Tensor:
+    """A flat buffer of ``numel`` elements with ``like``'s dtype and device, reused across calls (one per
+    thread, device and dtype, grown on demand). Its content is garbage; the caller must be done with it
+    before the next call (true of HASTE's layers, which run one after another)."""
+    key = (like.device, like.dtype)
+    buffers: dict[tuple[torch.device, torch.dtype], Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
+
+
 def _mkldnn() -> bool:
     return bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
 
@@ -337,7 +354,10 @@ def _reduced_conv(
         ]
         # (Q, b·K2) @ (b·K2, O): MKL is faster with the small dimension as rows; the caller's cat transposes
         return torch.mm(cols.t(), merged.view(-1, out_channels)).t().view(1, out_channels, *out_hw)
-    filters = merged.view(b, out_channels, kernel[0], kernel[1]).transpose(0, 1).contiguous()
+    # the transposed copy goes into a reused buffer: a fresh multi-MB tensor per call costs page faults
+    # (2-4x the conv itself on 8x8 maps, benchmarks/haste_layer.py)
+    filters = scratch(merged.numel(), merged).view(out_channels, b, kernel[0], kernel[1])
+    filters.copy_(merged.view(b, out_channels, kernel[0], kernel[1]).transpose(0, 1))
     if means.device.type == "cpu" and _mkldnn():  # F.conv2d picks a slow backend for some batch-1 shapes
         out: Tensor = torch.ops.aten.mkldnn_convolution(means, filters, None, padding, stride, dilation, 1)
         return out

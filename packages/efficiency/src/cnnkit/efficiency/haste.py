@@ -96,7 +96,7 @@ from torch.nn.utils import parametrize
 
 from cnnkit.core.config import MethodConfig
 from cnnkit.core.context import Context
-from cnnkit.core.cost import report_macs
+from cnnkit.core.cost import report_macs, reporting_macs
 from cnnkit.core.method import Method, MethodNotApplicableError
 from cnnkit.core.sites import iter_named_modules, stage_names
 from cnnkit.efficiency._haste_kernels import (
@@ -130,6 +130,7 @@ Mode = Literal["simulate", "compressed"]
 _SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
 _WINDOW_FLOATS = 1 << 24  # windows of at most this many numbers per pass (images are processed in chunks)
 _MAX_PER_IMAGE = 1_000_000  # per-image cost records kept per layer (for percentiles); means use all data
+_PENDING_MAX = 256  # forwards whose bucket counts wait to be summed into a layer's tally
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -260,7 +261,8 @@ class HASTEConv2d(nn.Conv2d):
         self.resample_zero_columns = bool(resample_zero_columns)
         self.mode: Mode = mode
         self.chunk_mb = float(chunk_mb)
-        self.tally = _Tally()
+        self._tally = _Tally()
+        self._pending: list[tuple[Tensor, int, int]] = []
         self._costs: dict[tuple[int, int], _TileCosts] = {}
         self._rows_cache: tuple[tuple[Any, ...], Tensor] | None = None
         self._geoms: dict[tuple[int, int], TileGeometry] = {}
@@ -291,9 +293,17 @@ class HASTEConv2d(nn.Conv2d):
         self._costs = {}
         self.reset_tally()
 
+    @property
+    def tally(self) -> _Tally:
+        """The cost records of the eval forwards seen so far (the forward only queues its bucket counts;
+        they are summed here, on first use)."""
+        self._fold_pending()
+        return self._tally
+
     def reset_tally(self) -> None:
         """Forget the cost records of the data seen so far."""
-        self.tally = _Tally()
+        self._tally = _Tally()
+        self._pending = []
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -454,14 +464,30 @@ class HASTEConv2d(nn.Conv2d):
         return dense, conv + overhead, overhead
 
     def _record(self, buckets: Tensor, h: int, w: int, seen_macs: int) -> None:
-        # The same sums as image_costs with fewer tensor ops (this runs on every eval forward); the
-        # terms are integer-valued float64, so the result is exact.
+        """Queue one forward's bucket counts for the tally; report the needed MACs to a running
+        :func:`~cnnkit.core.cost.count_flops` (only then are they summed now)."""
+        if reporting_macs():
+            costs = self.tile_costs(h, w)
+            b = buckets.detach().cpu().to(torch.float64)
+            needed = float((b @ costs.net_per_bucket).sum()) + costs.fixed_total * b.shape[0]
+            report_macs(needed / 2.0 - seen_macs, note="haste")
+        self._pending.append((buckets.detach(), h, w))
+        if len(self._pending) >= _PENDING_MAX:
+            self._fold_pending()  # bounds the queue's memory
+
+    def _fold_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for buckets, h, w in pending:
+            self._fold(buckets, h, w)
+
+    def _fold(self, buckets: Tensor, h: int, w: int) -> None:
+        # The same sums as image_costs with fewer tensor ops; the terms are integer-valued float64, so
+        # the result is exact.
         costs = self.tile_costs(h, w)
-        b = buckets.detach().cpu().to(torch.float64)
+        b = buckets.cpu().to(torch.float64)
         needed = b @ costs.net_per_bucket + costs.fixed_total
         needed_sum, b_sum = needed.sum().item(), b.sum().item()
-        report_macs(needed_sum / 2.0 - seen_macs, note="haste")
-        tally = self.tally
+        tally = self._tally
         n = int(buckets.shape[0])
         tally.images += n
         tally.dense += costs.dense_total * n
