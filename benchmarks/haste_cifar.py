@@ -58,9 +58,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "cnnkit" / "haste_cifar"))
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--steps-per-epoch", type=int, default=100, help="0: full epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--schedule", default="cosine", help="cosine | onecycle | multistep | constant")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--hyperplanes", default="12,14,16,18,20", help="comma-separated values of L")
     parser.add_argument(
@@ -86,9 +87,10 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         dataset="cifar10_jpeg",
         data_root=args.data_root,
         epochs=args.epochs,
-        max_steps_per_epoch=args.steps_per_epoch,
+        max_steps_per_epoch=args.steps_per_epoch or None,
         batch_size=args.batch_size,
         optimizer={"lr": args.lr, "nesterov": True},
+        schedule={"name": args.schedule},
         protocol="last",
         device="cpu",
         measure_latency=False,

@@ -239,7 +239,7 @@ class MoDBlock(nn.Module):
             return x.scatter_add_(1, index, y)
         k, c = self.k, self.channels
         lo, hi = (0, k) if self.fuse_to == "first" else (c - k, c)
-        if autograd:
+        if autograd or torch.compiler.is_compiling():  # inductor turns the cat into in-place writes itself
             parts = [x[:, :lo], x[:, lo:hi] + y, x[:, hi:]]
             return torch.cat([p for p in parts if p.shape[1] > 0], dim=1)
         out = x if self.inplace_fusion else x.clone()
