@@ -26,6 +26,7 @@ __all__ = [
     "hash_codes",
     "image_bags",
     "image_hash_inputs",
+    "image_hash_rows",
     "image_path_uses_gemm",
     "make_projection",
     "scratch",
@@ -128,9 +129,9 @@ def hash_codes(win: Tensor, proj: Tensor, *, centre: bool, strict: bool) -> Tens
     """
     t, c, d = win.shape
     h = (win.reshape(t * c, d) @ proj).view(t, c, -1)
-    if centre:  # mean_c' <v_c', r> = <mean_c' v_c', r>
-        h = h - h.mean(dim=1, keepdim=True)
-    bits = h > 0 if strict else h >= 0
+    # z > 0 with z = h - mean is h > mean exactly (IEEE: x - y > 0 iff x > y), one op fewer
+    mean: Tensor | float = h.mean(dim=1, keepdim=True) if centre else 0.0  # = <mean_c' v_c', r>
+    bits = h > mean if strict else h >= mean
     planes = proj.shape[1]
     if planes <= 24 and h.dtype == torch.float32:  # codes < 2^24: one exact float GEMV
         return (bits.to(h.dtype) @ _powers(planes, h.device)).to(torch.int64)
@@ -260,19 +261,32 @@ def compressed_tiles(
     return out, gemm_macs
 
 
-def image_hash_inputs(x: Tensor, proj: Tensor, geom: TileGeometry) -> tuple[Tensor, Tensor]:
-    """One tile per image: ``(N, C, H, W)`` → the hashed values ``(N, C, D')`` and their projection rows.
+def image_hash_rows(proj: Tensor, geom: TileGeometry, h: int, w: int) -> Tensor:
+    """One tile per image, ``h``×``w`` input: the rows of ``R`` (``(D, L)``) that meet real pixels, as a
+    contiguous ``(D', L)`` (constant per layer and input size: callers cache it).
 
     The tile path's window is the zero-padded image (cropped where the conv never reads the last rows or
-    columns); zero pixels add nothing to ``⟨z_c, r⟩`` (centring keeps them zero), so only the rows of ``R``
-    that meet real pixels are used: exactly the tile path's dot products, up to float summation order.
+    columns); zero pixels add nothing to ``⟨z_c, r⟩`` (centring keeps them zero), so only these rows are
+    needed: exactly the tile path's dot products, up to float summation order.
     """
-    n, c, h, w = x.shape
     top, left = geom.pad[2], geom.pad[0]
     rows_h, rows_w = min(h, geom.side_h - top), min(w, geom.side_w - left)
     rows = proj.reshape(geom.side_h, geom.side_w, -1)[top : top + rows_h, left : left + rows_w]
+    return rows.reshape(rows_h * rows_w, -1).contiguous()
+
+
+def image_hash_inputs(
+    x: Tensor, proj: Tensor, geom: TileGeometry, rows: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One tile per image: ``(N, C, H, W)`` → the hashed values ``(N, C, D')`` and their projection rows
+    (:func:`image_hash_rows`, or ``rows`` when the caller cached them)."""
+    n, c, h, w = x.shape
+    if rows is None:
+        rows = image_hash_rows(proj, geom, h, w)
+    top, left = geom.pad[2], geom.pad[0]
+    rows_h, rows_w = min(h, geom.side_h - top), min(w, geom.side_w - left)
     values = x if (rows_h, rows_w) == (h, w) else x[:, :, :rows_h, :rows_w]
-    return values.reshape(n, c, rows_h * rows_w), rows.reshape(rows_h * rows_w, -1)
+    return values.reshape(n, c, rows_h * rows_w), rows
 
 
 def _image_bags(buckets: Bucketing, channels: int) -> tuple[Tensor, Tensor, list[int]]:
@@ -317,12 +331,12 @@ def image_path_uses_gemm(out_h: int, out_w: int) -> bool:
 _SCRATCH = threading.local()
 
 
-def scratch(numel: int, like: Tensor) -> Tensor:
+def scratch(numel: int, like: Tensor, slot: int = 0) -> Tensor:
     """A flat buffer of ``numel`` elements with ``like``'s dtype and device, reused across calls (one per
-    thread, device and dtype, grown on demand). Its content is garbage; the caller must be done with it
-    before the next call (true of HASTE's layers, which run one after another)."""
-    key = (like.device, like.dtype)
-    buffers: dict[tuple[torch.device, torch.dtype], Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
+    thread, device, dtype and ``slot``, grown on demand). Its content is garbage; the caller must be done
+    with it before the next call for the same slot (true of HASTE's layers, which run one after another)."""
+    key = (like.device, like.dtype, slot)
+    buffers: dict[tuple[torch.device, torch.dtype, int], Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
     buf = buffers.get(key)
     if buf is None or buf.numel() < numel:
         buf = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
@@ -354,13 +368,20 @@ def _reduced_conv(
         ]
         # (Q, b·K2) @ (b·K2, O): MKL is faster with the small dimension as rows; the caller's cat transposes
         return torch.mm(cols.t(), merged.view(-1, out_channels)).t().view(1, out_channels, *out_hw)
-    # the transposed copy goes into a reused buffer: a fresh multi-MB tensor per call costs page faults
-    # (2-4x the conv itself on 8x8 maps, benchmarks/haste_layer.py)
+    # The transposed copies go into reused buffers: a fresh multi-MB tensor per call costs page faults
+    # (2-4x the conv itself on 8x8 maps, benchmarks/haste_layer.py).
+    if means.device.type == "cpu" and _mkldnn():  # F.conv2d picks a slow backend for some batch-1 shapes
+        # channels-last operands (plain 2-D transposes here): oneDNN then skips its own activation
+        # reorders, 10-30 % faster at batch 1 [measured]; the output is channels-last
+        h, w = int(means.shape[2]), int(means.shape[3])
+        pixels = scratch(h * w * b, merged, slot=1).view(h * w, b).copy_(means.view(b, h * w).t())
+        image = pixels.view(1, h, w, b).permute(0, 3, 1, 2)
+        rows = scratch(merged.numel(), merged).view(-1, b).copy_(merged.t())  # (O·K2, b)
+        filters = rows.view(out_channels, kernel[0], kernel[1], b).permute(0, 3, 1, 2)
+        out: Tensor = torch.ops.aten.mkldnn_convolution(image, filters, None, padding, stride, dilation, 1)
+        return out
     filters = scratch(merged.numel(), merged).view(out_channels, b, kernel[0], kernel[1])
     filters.copy_(merged.view(b, out_channels, kernel[0], kernel[1]).transpose(0, 1))
-    if means.device.type == "cpu" and _mkldnn():  # F.conv2d picks a slow backend for some batch-1 shapes
-        out: Tensor = torch.ops.aten.mkldnn_convolution(means, filters, None, padding, stride, dilation, 1)
-        return out
     return F.conv2d(means, filters, None, stride, padding, dilation)
 
 

@@ -107,6 +107,7 @@ from cnnkit.efficiency._haste_kernels import (
     hash_codes,
     image_bags,
     image_hash_inputs,
+    image_hash_rows,
     image_path_uses_gemm,
     make_projection,
     simulate_images,
@@ -266,6 +267,7 @@ class HASTEConv2d(nn.Conv2d):
         self._costs: dict[tuple[int, int], _TileCosts] = {}
         self._rows_cache: tuple[tuple[Any, ...], Tensor] | None = None
         self._geoms: dict[tuple[int, int], TileGeometry] = {}
+        self._hash_rows: dict[tuple[int, int], Tensor] = {}  # per input size, see image_hash_rows
         self.register_buffer("projection", torch.empty(0), persistent=False)
         self.set_hyperplanes(hyperplanes)
 
@@ -291,6 +293,7 @@ class HASTEConv2d(nn.Conv2d):
         )
         self.projection = proj.to(self.weight.device)
         self._costs = {}
+        self._hash_rows = {}
         self.reset_tally()
 
     @property
@@ -372,7 +375,11 @@ class HASTEConv2d(nn.Conv2d):
     ) -> tuple[Tensor, Tensor, int]:
         """One tile covers the whole output (``patch`` ≥ the output map): per-image hashing, and in
         ``compressed`` mode one real conv of reduced depth per image (:func:`compressed_images`)."""
-        values, rows = image_hash_inputs(part, proj, geom)
+        size = (int(part.shape[2]), int(part.shape[3]))
+        rows = self._hash_rows.get(size)
+        if rows is None or rows.device != proj.device:
+            rows = self._hash_rows[size] = image_hash_rows(proj, geom, *size)
+        values, rows = image_hash_inputs(part, proj, geom, rows)
         codes = hash_codes(values, rows, centre=self.centre, strict=self.strict)
         n, c, d = values.shape
         seen = n * c * d * rows.shape[1]  # the hashing GEMM (the centring is a mean, not counted)
