@@ -1,6 +1,7 @@
 """HASTE microbenchmark: one 3x3 conv, dense vs HASTE's ``compressed`` path, at each ResNet-18 stage shape.
 
-For each stage shape (C = O channels, H x W map: 64@32, 128@16, 256@8, 512@4; stride 1, padding 1), each
+For each stage shape (C = O channels, H x W map: 64@32, 128@16, 256@8, 512@4; with ``--imagenet`` the
+shapes at 224x224 input, 64@56, 128@28, 256@14, 512@7; stride 1, padding 1), each
 bucket fraction b/C of ``--fractions`` and each patch of ``--patches`` (an integer P, or ``image``: P >= the
 map, one tile per image, i.e. per-image hashing and one real reduced-depth conv per image), the script times
 
@@ -34,6 +35,7 @@ from torch import nn
 from cnnkit.efficiency.haste import HASTEConv2d
 
 STAGES = ((64, 32), (128, 16), (256, 8), (512, 4))
+IMAGENET_STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18/34 at 224x224
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fractions", default="0.25,0.4,0.6", help="bucket fractions b/C")
     parser.add_argument("--patches", default="4,image", help="patch sizes P (integers or 'image')")
     parser.add_argument("--stages", default="1,2,3,4", help="ResNet-18 stages (1: 64@32 ... 4: 512@4)")
+    parser.add_argument(
+        "--imagenet", action="store_true", help="the stage shapes at 224x224 input (64@56 ... 512@7)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="the larger batch (batch 1 is always timed)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved dense/HASTE measurement pairs")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
@@ -74,7 +79,8 @@ def main() -> None:
     print(describe_machine(torch.device("cpu")), flush=True)
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"clock: {'process CPU time (1 thread)' if args.threads == 1 else 'wall'}; L = 20, s = 2/3")
-    stages = [STAGES[int(s) - 1] for s in args.stages.split(",")]
+    shapes = IMAGENET_STAGES if args.imagenet else STAGES
+    stages = [shapes[int(s) - 1] for s in args.stages.split(",")]
     fractions = [float(f) for f in args.fractions.split(",")]
     print(
         "\n| stage | C@HxW | patch | b/C | batch | dense ms | HASTE ms | speed-up | ideal (C/b) |\n"
@@ -83,7 +89,7 @@ def main() -> None:
     for c, h in stages:
         torch.manual_seed(0)
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
-        stage = STAGES.index((c, h)) + 1
+        stage = shapes.index((c, h)) + 1
         for name in args.patches.split(","):
             patch = max(h, 1) if name == "image" else int(name)
             layer = HASTEConv2d(conv, hyperplanes=20, patch=patch, mode="compressed").eval()
