@@ -12,7 +12,7 @@ from torch import nn
 from cnnkit.bench import trainer as trainer_module
 from cnnkit.bench.runconfig import RunConfig
 from cnnkit.bench.sweep import make_run_config
-from cnnkit.bench.trainer import RunFailed, Trainer, run
+from cnnkit.bench.trainer import RunFailed, Trainer, build_datasets, run
 from cnnkit.core import Context, Method, MethodSpec, hookimpl
 
 
@@ -26,6 +26,7 @@ class CountingMethod(Method):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.epochs_seen = 0
+        self.exported_images = 0
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         assert ctx.total_steps is not None and ctx.batches is not None
@@ -41,7 +42,19 @@ class CountingMethod(Method):
         self.epochs_seen += 1
 
     def stats(self, model: nn.Module) -> dict[str, float]:
-        return {"epochs_seen": float(self.epochs_seen)}
+        return {"epochs_seen": float(self.epochs_seen), "images_seen": -1.0}
+
+    def export(self, model: nn.Module) -> nn.Module:
+        self.exported_images = 0
+
+        def count(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            self.exported_images += len(args[0])
+
+        model.register_forward_pre_hook(count)
+        return model
+
+    def test_stats(self, model: nn.Module) -> dict[str, float]:
+        return {"images_seen": float(self.exported_images)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs_seen": self.epochs_seen}
@@ -124,6 +137,14 @@ def test_training_learns_and_reports_metrics(registries: Any, tiny_run: dict[str
     )
     assert metrics["macs"] > 0 and metrics["epochs"] == 3 and metrics["best_epoch"] >= 1
     assert metrics["steps"] == 3 * 6  # 90 % of 192 = 172 samples, batch 32 → 6 steps per epoch
+
+
+def test_test_stats_cover_exactly_the_test_set(with_counting: Any, tiny_run: dict[str, Any]) -> None:
+    cfg = make_run_config({**tiny_run, "epochs": 1, "methods": ["counting"]})
+    metrics = run(cfg)
+    test_size = len(build_datasets(cfg)["test"])  # type: ignore[arg-type]
+    assert metrics["method.images_seen"] == test_size > 0  # test_stats replaced the pre-test value
+    assert metrics["method.epochs_seen"] == 1.0
 
 
 def test_cpu_runs_are_deterministic(registries: Any, tiny_run: dict[str, Any]) -> None:

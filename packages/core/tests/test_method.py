@@ -65,6 +65,9 @@ class Recorder(Method):
     def stats(self, model: nn.Module) -> dict[str, float]:
         return {"weight": self.config.weight}
 
+    def test_stats(self, model: nn.Module) -> dict[str, float]:
+        return {"seen": float(self.config.weight > 0)}
+
 
 class Pruner(Method):
     name = "fake_pruner"
@@ -175,6 +178,8 @@ def test_stack_sums_extra_losses_and_merges_stats() -> None:
     stack = MethodStack([Recorder(weight=0.5), NoDecay()])
     assert float(torch.as_tensor(stack.extra_loss(model, make_context())).detach()) == pytest.approx(1.0)
     assert stack.stats(model) == {"weight": 0.5}
+    assert stack.test_stats(model) == {"seen": 1.0}
+    assert NoDecay().test_stats(model) == {}  # the default: nothing data-dependent
 
 
 def test_stack_rejects_conflicting_methods_at_apply() -> None:

@@ -386,3 +386,38 @@ def test_tally_queue_is_bounded_and_loses_no_forward() -> None:
     with torch.no_grad():
         single(x)
     assert layer.tally.needed == pytest.approx(forwards * single.tally.needed, rel=1e-12)
+
+
+def test_export_resets_the_tally_and_test_stats_count_what_follows() -> None:
+    torch.manual_seed(0)
+    method = create_method("haste", hyperplanes=4)
+    model = method.apply(TinyVGG(), make_context()).eval()
+    with torch.no_grad():
+        model(seeded_batch(batch_size=7, seed=1)[0])
+    assert method.stats(model)["images_seen"] == 7
+    deployed = method.export(copy.deepcopy(model))
+    assert method.test_stats(deployed) == {}  # nothing seen since export
+    with torch.no_grad():
+        deployed(seeded_batch(batch_size=3, seed=2)[0])
+    after = method.test_stats(deployed)
+    assert after["images_seen"] == 3 and 0.0 < after["flops_reduction"] < 1.0
+    assert method.stats(model)["images_seen"] == 7  # the original keeps its own tally
+
+
+def test_bench_records_haste_cost_over_the_test_set() -> None:
+    from cnnkit.bench.runconfig import RunConfig
+    from cnnkit.bench.trainer import build_datasets, run
+
+    cfg = RunConfig(
+        model="lenet5_caffe",
+        dataset="synthetic",
+        dataset_args={"shape": [1, 28, 28], "size": 96},
+        methods=[{"name": "haste", "config": {"kernel_sizes": [5], "hyperplanes": 6}}],
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        measure_latency=False,
+    )
+    metrics = run(cfg)
+    assert metrics["method.images_seen"] == len(build_datasets(cfg)["test"])  # type: ignore[arg-type]
+    assert 0.0 < metrics["method.flops_reduction"] < 1.0

@@ -501,6 +501,7 @@ class Trainer:
         stats = {f"method.{k}": float(v) for k, v in self.method.stats(self.model).items()}
         deployed = self.method.export(copy.deepcopy(self.model)).eval()
         test = self.evaluate(deployed, self.data["test"])
+        stats.update({f"method.{k}": float(v) for k, v in self.method.test_stats(deployed).items()})
         params = count_params(deployed)
         flops = count_flops(deployed, self.ctx.example_input[:1])
         has_val = "val" in self.data

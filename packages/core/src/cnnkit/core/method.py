@@ -128,6 +128,12 @@ class Method:
         """Facts about the method's effect on ``model`` (sparsity, trained parameters, ...)."""
         return {}
 
+    def test_stats(self, model: nn.Module) -> dict[str, float]:
+        """Facts that depend on the data the exported ``model`` has seen since :meth:`export` (for a
+        data-dependent cost such as HASTE's FLOPs). The bench calls it right after the test pass on the
+        deployed model and lets these values replace :meth:`stats`'s keys of the same name."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """The method's own training state that is not in the model (round counters, schedules, ...).
 
@@ -238,9 +244,15 @@ class MethodStack(Method):
         return model
 
     def stats(self, model: nn.Module) -> dict[str, float]:
+        return self._merged(model, "stats")
+
+    def test_stats(self, model: nn.Module) -> dict[str, float]:
+        return self._merged(model, "test_stats")
+
+    def _merged(self, model: nn.Module, hook: str) -> dict[str, float]:
         merged: dict[str, float] = {}
         for method in self.methods:
-            for key, value in method.stats(model).items():
+            for key, value in getattr(method, hook)(model).items():
                 merged[f"{method.name}.{key}" if key in merged else key] = value
         return merged
 

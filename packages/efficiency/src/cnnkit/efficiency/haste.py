@@ -742,8 +742,18 @@ class HASTE(Method):
         return model
 
     def export(self, model: nn.Module) -> nn.Module:
-        """The model unchanged: the HASTE convs *are* the inference model (see :func:`remove_haste`)."""
+        """The model with its cost tallies reset, otherwise unchanged: the HASTE convs *are* the inference
+        model (see :func:`remove_haste`), and its cost is counted from here on (:meth:`test_stats`)."""
+        for _, layer in haste_layers(model):
+            layer.reset_tally()
         return model
+
+    def test_stats(self, model: nn.Module) -> dict[str, float]:
+        """:meth:`stats` over the data the exported model has seen (the bench: the test set)."""
+        layers = [layer for _, layer in haste_layers(model)]
+        if not any(layer.tally.images for layer in layers):
+            return {}
+        return self.stats(model)
 
     def stats(self, model: nn.Module) -> dict[str, float]:
         layers = [layer for _, layer in haste_layers(model)]
