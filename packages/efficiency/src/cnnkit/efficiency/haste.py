@@ -28,16 +28,20 @@ on CIFAR, whose ResNet maps are 32/16/8/4), hashing is per image (one window = t
 the projection rows that meet real pixels are used, since padding adds nothing to ``⟨z_c, r⟩``: the same
 codes as the tile formulation) and ``compressed`` runs, per image, one real convolution of reduced depth
 ``b_n`` on the bucket means with the layer's own padding (:func:`._haste_kernels.compressed_images`): a
-oneDNN conv for maps of ≥ 64 output pixels, else im2col + one MKL GEMM [choice, measured]. Both modes
-share the hashing and bucketing code, so they agree to float rounding. Trade-off [measured on the bench's
-short-trained CIFAR ResNet-18 (28.3 % top-1), 1000 test images, start stage 2, L=10]: about the same
-merging (b/C = 0.43 both) and FLOPs cut (41.5 % per image, 43.6 % with patch 4), but a larger accuracy
-drop per image (2.5 pp vs 0.8 pp): one code must describe a whole map rather than a 6x6 window. In
-wall-clock the per-tile formulation (many small batched GEMMs plus stitching) is 2-4x slower than the
-dense conv on a CPU, while the per-image path can beat it: at batch 1 on 8x8 and 4x4 maps. Per-image
-merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense filters
-``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps
-(benchmarks/haste_layer.py, benchmarks/haste_cifar.py).
+oneDNN conv on channels-last operands for maps of ≥ 64 output pixels, else im2col + one MKL GEMM [choice,
+measured]; the merged filters are written into reused buffers (fresh multi-MB tensors per image cost page
+faults). Both modes share the hashing and bucketing code, so they agree to float rounding.
+
+Trade-off [measured, benchmarks/haste_cifar.py: the bench's CIFAR ResNet-18 after 3 CPU epochs (79.85 %
+top-1), 2000 test images, start stage 2, one CPU thread]: per image, L = 12 cuts 12.4 % of the model's
+FLOPs at −2.2 pp and L = 8 36 % at −39 pp; patch 4 merges more safely (L = 12: 17.3 % at −1.35 pp), since
+one code must describe a 6x6 window rather than a whole map. In wall-clock the per-tile formulation (many
+small batched GEMMs plus stitching) is 2-4x slower than the dense conv on a CPU; the per-image path beats
+it only where the merging is strong (one layer at b/C = 0.42, batch 1: 1.55x on 8x8 maps, 1.25x on 4x4,
+about 0.95x on 32x32 and 16x16, benchmarks/haste_layer.py), because hashing, bucketing, the merges and the
+layout copies cost about 0.1-0.2 ms per layer, as much as the reduced conv saves on CIFAR-sized maps.
+Per-image merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense
+filters ``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps.
 
 In training mode a :class:`HASTEConv2d` is a plain conv: HASTE is inference-only.
 
@@ -70,8 +74,9 @@ Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
   input has fewer pixels is left dense (``stats``: ``layers_skipped_small``). Rule [measured,
   benchmarks/haste_layer.py, one CPU thread]: per-image merged filters are used ``H_out·W_out`` times
   each, the dense conv's filters ``N·H_out·W_out`` times, so at large batches HASTE only pays on large
-  maps (on CIFAR ResNet-18 at batch 32, one layer: 32x32 maps about break even, 8x8 and 4x4 maps 0.7x
-  and 0.45x; ``min_out_pixels=256`` keeps stages 1-2), at the cost of a smaller FLOPs cut.
+  maps (CIFAR ResNet-18 shapes at batch 32, one layer at b/C = 0.42: 32x32 and 16x16 maps 0.87x and
+  0.99x, 8x8 and 4x4 maps 0.71x and 0.45x; ``min_out_pixels=256`` keeps stages 1-2), at the cost of a
+  smaller FLOPs cut.
 * ``mode`` = ``"simulate"``; ``chunk_mb`` bounds the merged filters held at once by the tile fast path.
 * ``patch`` ≥ the largest output map (e.g. 32 on CIFAR) selects per-image hashing (see above); a layer
   whose map is larger than ``patch`` still uses tiles.
