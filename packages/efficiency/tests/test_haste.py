@@ -147,6 +147,19 @@ def test_per_image_path_simulate_and_compressed_agree(c: int, size: int, patch: 
     assert sim.tally.needed == fast.tally.needed / 2 < sim.tally.dense  # fast saw the batch twice
 
 
+def test_per_image_path_without_onednn_matches_simulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the branch GPUs (and CPU builds without oneDNN) take: F.conv2d on NCHW filters from the scratch buffer
+    from cnnkit.efficiency import _haste_kernels
+
+    monkeypatch.setattr(_haste_kernels, "_mkldnn", lambda: False)
+    conv = _conv(c=24, o=12)
+    x = _input(3, 24, 10, 10)  # 100 output pixels: the conv branch, not the GEMM one
+    with torch.no_grad():
+        expected = _haste(conv, hyperplanes=4, patch=10)(x)
+        got = _haste(conv, hyperplanes=4, patch=10, mode="compressed")(x)
+    _assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_per_image_path_reports_the_conv_it_runs() -> None:
     # The FLOP counter sees the per-image reduced conv; the hook adds the rest, so the total is "needed".
     torch.manual_seed(0)

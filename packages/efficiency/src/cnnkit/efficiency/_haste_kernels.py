@@ -270,9 +270,14 @@ def image_hash_rows(proj: Tensor, geom: TileGeometry, h: int, w: int) -> Tensor:
     needed: exactly the tile path's dot products, up to float summation order.
     """
     top, left = geom.pad[2], geom.pad[0]
-    rows_h, rows_w = min(h, geom.side_h - top), min(w, geom.side_w - left)
+    rows_h, rows_w = _real_extent(geom, h, w)
     rows = proj.reshape(geom.side_h, geom.side_w, -1)[top : top + rows_h, left : left + rows_w]
     return rows.reshape(rows_h * rows_w, -1).contiguous()
+
+
+def _real_extent(geom: TileGeometry, h: int, w: int) -> tuple[int, int]:
+    """Rows and columns of an ``h``×``w`` input that the single window reads (the conv may skip the last)."""
+    return min(h, geom.side_h - geom.pad[2]), min(w, geom.side_w - geom.pad[0])
 
 
 def image_hash_inputs(
@@ -283,8 +288,7 @@ def image_hash_inputs(
     n, c, h, w = x.shape
     if rows is None:
         rows = image_hash_rows(proj, geom, h, w)
-    top, left = geom.pad[2], geom.pad[0]
-    rows_h, rows_w = min(h, geom.side_h - top), min(w, geom.side_w - left)
+    rows_h, rows_w = _real_extent(geom, h, w)
     values = x if (rows_h, rows_w) == (h, w) else x[:, :, :rows_h, :rows_w]
     return values.reshape(n, c, rows_h * rows_w), rows
 
