@@ -479,13 +479,17 @@ class HASTEConv2d(nn.Conv2d):
         """Queue one forward's bucket counts for the tally; report the needed MACs to a running
         :func:`~cnnkit.core.cost.count_flops` (only then are they summed now)."""
         if reporting_macs():
-            costs = self.tile_costs(h, w)
-            b = buckets.detach().cpu().to(torch.float64)
-            needed = float((b @ costs.net_per_bucket).sum()) + costs.fixed_total * b.shape[0]
+            needed = float(self._needed_per_image(buckets.detach(), h, w).sum())
             report_macs(needed / 2.0 - seen_macs, note="haste")
         self._pending.append((buckets.detach(), h, w))
         if len(self._pending) >= _PENDING_MAX:
             self._fold_pending()  # bounds the queue's memory
+
+    def _needed_per_image(self, buckets: Tensor, h: int, w: int) -> Tensor:
+        """Needed FLOPs per image (float64) for bucket counts ``(N, T)``: the same sums as
+        :meth:`image_costs` with fewer tensor ops; the terms are integer-valued, so the result is exact."""
+        costs = self.tile_costs(h, w)
+        return buckets.cpu().to(torch.float64) @ costs.net_per_bucket + costs.fixed_total
 
     def _fold_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -493,12 +497,9 @@ class HASTEConv2d(nn.Conv2d):
             self._fold(buckets, h, w)
 
     def _fold(self, buckets: Tensor, h: int, w: int) -> None:
-        # The same sums as image_costs with fewer tensor ops; the terms are integer-valued float64, so
-        # the result is exact.
         costs = self.tile_costs(h, w)
-        b = buckets.cpu().to(torch.float64)
-        needed = b @ costs.net_per_bucket + costs.fixed_total
-        needed_sum, b_sum = needed.sum().item(), b.sum().item()
+        needed = self._needed_per_image(buckets, h, w)
+        needed_sum, b_sum = needed.sum().item(), float(buckets.sum())
         tally = self._tally
         n = int(buckets.shape[0])
         tally.images += n
