@@ -434,3 +434,22 @@ def test_bench_records_haste_cost_over_the_test_set() -> None:
     metrics = run(cfg)
     assert metrics["method.images_seen"] == len(build_datasets(cfg)["test"])  # type: ignore[arg-type]
     assert 0.0 < metrics["method.flops_reduction"] < 1.0
+
+
+@pytest.mark.parametrize("patch", [10, 4])  # per image, per tile
+def test_inference_mode_then_autograd_both_work(patch: int) -> None:
+    # caches and scratch buffers made under inference_mode must stay writable and savable afterwards
+    conv = _conv(c=16, o=8)
+    sim = _haste(conv, hyperplanes=4, patch=patch)
+    fast = _haste(conv, hyperplanes=4, patch=patch, mode="compressed")
+    with torch.inference_mode():
+        first = fast(_input(2, 16, 10, 10))
+    with torch.no_grad():
+        _assert_close(fast(_input(2, 16, 10, 10)), first, rtol=1e-6, atol=1e-6)
+    grads = []
+    for layer in (sim, fast):
+        x = _input(2, 16, 10, 10).requires_grad_(True)
+        layer(x).square().sum().backward()  # eval mode: HASTE itself is differentiated
+        grads.append(x.grad)
+    assert grads[0] is not None and grads[1] is not None and grads[0].abs().sum() > 0
+    _assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ __all__ = [
     "ImageBags",
     "TileGeometry",
     "bucketing",
+    "cache_tensors",
     "compressed_images",
     "compressed_tiles",
     "hash_codes",
@@ -146,7 +147,8 @@ def _powers(planes: int, device: torch.device) -> Tensor:
     """``(2^0, ..., 2^(L-1))`` in float32 (exact for ``L ≤ 24``), cached per device."""
     key = (planes, device)
     if key not in _POWERS:
-        _POWERS[key] = torch.pow(2.0, torch.arange(planes, dtype=torch.float32)).to(device)
+        with cache_tensors():
+            _POWERS[key] = torch.pow(2.0, torch.arange(planes, dtype=torch.float32)).to(device)
     return _POWERS[key]
 
 
@@ -271,8 +273,9 @@ def image_hash_rows(proj: Tensor, geom: TileGeometry, h: int, w: int) -> Tensor:
     """
     top, left = geom.pad[2], geom.pad[0]
     rows_h, rows_w = _real_extent(geom, h, w)
-    rows = proj.reshape(geom.side_h, geom.side_w, -1)[top : top + rows_h, left : left + rows_w]
-    return rows.reshape(rows_h * rows_w, -1).contiguous()
+    with cache_tensors():
+        rows = proj.reshape(geom.side_h, geom.side_w, -1)[top : top + rows_h, left : left + rows_w]
+        return rows.reshape(rows_h * rows_w, -1).contiguous()
 
 
 def _real_extent(geom: TileGeometry, h: int, w: int) -> tuple[int, int]:
@@ -343,8 +346,15 @@ def scratch(numel: int, like: Tensor, slot: int = 0) -> Tensor:
     buffers: dict[tuple[torch.device, torch.dtype, int], Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
     buf = buffers.get(key)
     if buf is None or buf.numel() < numel:
-        buf = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        with cache_tensors():
+            buf = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
     return buf[:numel]
+
+
+def cache_tensors() -> torch.inference_mode:
+    """The context to create tensors that outlive one call in: outside inference mode, since a tensor made
+    under ``torch.inference_mode()`` cannot be written in place, or saved for backward, after it."""
+    return torch.inference_mode(False)
 
 
 def _mkldnn() -> bool:
@@ -373,18 +383,24 @@ def _reduced_conv(
         # (Q, b·K2) @ (b·K2, O): MKL is faster with the small dimension as rows; the caller's cat transposes
         return torch.mm(cols.t(), merged.view(-1, out_channels)).t().view(1, out_channels, *out_hw)
     # The transposed copies go into reused buffers: a fresh multi-MB tensor per call costs page faults
-    # (2-4x the conv itself on 8x8 maps, benchmarks/haste_layer.py).
+    # (2-4x the conv itself on 8x8 maps, benchmarks/haste_layer.py). Not when autograd records the conv:
+    # it keeps its operands for the backward, so they must not be overwritten.
+    recorded = torch.is_grad_enabled() and (means.requires_grad or merged.requires_grad)
+
+    def buffer(numel: int, slot: int) -> Tensor:
+        return merged.new_empty(numel) if recorded else scratch(numel, merged, slot)
+
     if means.device.type == "cpu" and _mkldnn():  # F.conv2d picks a slow backend for some batch-1 shapes
         # channels-last operands (plain 2-D transposes here): oneDNN then skips its own activation
         # reorders, 10-30 % faster at batch 1 [measured]; the output is channels-last
         h, w = int(means.shape[2]), int(means.shape[3])
-        pixels = scratch(h * w * b, merged, slot=1).view(h * w, b).copy_(means.view(b, h * w).t())
+        pixels = buffer(h * w * b, 1).view(h * w, b).copy_(means.view(b, h * w).t())
         image = pixels.view(1, h, w, b).permute(0, 3, 1, 2)
-        rows = scratch(merged.numel(), merged).view(-1, b).copy_(merged.t())  # (O·K2, b)
+        rows = buffer(merged.numel(), 0).view(-1, b).copy_(merged.t())  # (O·K2, b)
         filters = rows.view(out_channels, kernel[0], kernel[1], b).permute(0, 3, 1, 2)
         out: Tensor = torch.ops.aten.mkldnn_convolution(image, filters, None, padding, stride, dilation, 1)
         return out
-    filters = scratch(merged.numel(), merged).view(out_channels, b, kernel[0], kernel[1])
+    filters = buffer(merged.numel(), 0).view(out_channels, b, kernel[0], kernel[1])
     filters.copy_(merged.view(b, out_channels, kernel[0], kernel[1]).transpose(0, 1))
     return F.conv2d(means, filters, None, stride, padding, dilation)
 

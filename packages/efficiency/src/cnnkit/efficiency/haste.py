@@ -107,6 +107,7 @@ from cnnkit.core.sites import iter_named_modules, stage_names
 from cnnkit.efficiency._haste_kernels import (
     TileGeometry,
     bucketing,
+    cache_tensors,
     compressed_images,
     compressed_tiles,
     hash_codes,
@@ -293,10 +294,11 @@ class HASTEConv2d(nn.Conv2d):
         if not isinstance(hyperplanes, int) or not 1 <= hyperplanes <= 64:
             raise ValueError(f"hyperplanes must be an integer in 1..64, got {hyperplanes!r}")
         side_h, side_w = self._window_sides()
-        proj = make_projection(
-            side_h * side_w, hyperplanes, self.sparsity, self.seed, self.resample_zero_columns
-        )
-        self.projection = proj.to(self.weight.device)
+        with cache_tensors():
+            proj = make_projection(
+                side_h * side_w, hyperplanes, self.sparsity, self.seed, self.resample_zero_columns
+            )
+            self.projection = proj.to(self.weight.device)
         self._costs = {}
         self._hash_rows = {}
         self.reset_tally()
@@ -371,7 +373,8 @@ class HASTEConv2d(nn.Conv2d):
         if self._rows_cache is not None and self._rows_cache[0] == key:
             return self._rows_cache[1]
         order = (1, 2, 3, 0) if gemm else (1, 0, 2, 3)
-        rows = weight.detach().permute(*order).reshape(self.in_channels, -1).contiguous()
+        with cache_tensors():
+            rows = weight.detach().permute(*order).reshape(self.in_channels, -1).contiguous()
         self._rows_cache = (key, rows)
         return rows
 
