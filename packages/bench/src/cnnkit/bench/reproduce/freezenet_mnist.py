@@ -40,7 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from cnnkit.bench.reproduce._shared import data_candidates, lenet_recipe, markdown_table
+from cnnkit.bench.reproduce._shared import LR, QUICK_STEPS, data_candidates, lenet_recipe, markdown_table
 from cnnkit.bench.reproduce._shared import find_data_root as _find_data_root
 from cnnkit.bench.results import RunRecord
 from cnnkit.bench.runconfig import RunConfig
@@ -66,9 +66,6 @@ LENET5_WEIGHTS = 430_500  # conv + linear weights of LeNet-5-Caffe (METHODS.md �
 COMPRESSION = 157  # the paper's "×157 fewer trained parameters"
 PAPER_RATIO = 99.2  # % of the dense baseline's accuracy FreezeNet keeps (paper)
 EPOCHS = 15
-QUICK_STEPS = 3
-MILESTONES = (0.5, 0.75)  # LR ÷10 at half and three quarters of training
-LR = 0.05
 
 
 def freezing_rate(weights: int = LENET5_WEIGHTS, factor: int = COMPRESSION) -> float:
@@ -101,14 +98,7 @@ def run_configs(
     from cnnkit.bench.sweep import make_run_config
 
     q = freezing_rate()
-    base = lenet_recipe(
-        data_root,
-        dataset,
-        epochs=1 if quick else epochs,
-        lr=LR,
-        milestones=MILESTONES,
-        quick_steps=QUICK_STEPS if quick else None,
-    )
+    base = lenet_recipe(data_root, dataset, epochs=epochs, quick=quick)
     methods: dict[str, list[dict[str, Any]]] = {
         "dense": [],
         "freezenet": [{"name": "freezenet", "config": {"sparsity": q}}],

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnnkit.bench.reproduce._shared import data_candidates, lenet_recipe, markdown_table
+from cnnkit.bench.reproduce._shared import QUICK_STEPS, data_candidates, lenet_recipe, markdown_table
 from cnnkit.bench.reproduce._shared import find_data_root as _find_data_root
 from cnnkit.bench.results import RunRecord
 from cnnkit.bench.runconfig import RunConfig
@@ -70,9 +70,6 @@ PRESET = "ip"
 METHODS: tuple[str, ...] = ("snip", "synflow", "rigl")
 SPARSITIES: tuple[float, ...] = (0.9, 0.95, 0.98)
 EPOCHS = 4
-LR = 0.05
-MILESTONES = (0.5, 0.75)
-QUICK_STEPS = 3
 CIFAR_EPOCHS = 30
 FALLBACK_DATASET = "fashion_mnist_mini"
 
@@ -128,14 +125,7 @@ def run_configs(
     """The LeNet-5-Caffe runs by setting (same recipe and seed for all)."""
     from cnnkit.bench.sweep import make_run_config
 
-    base = lenet_recipe(
-        data_root,
-        dataset,
-        epochs=1 if quick else epochs,
-        lr=LR,
-        milestones=MILESTONES,
-        quick_steps=QUICK_STEPS if quick else None,
-    )
+    base = lenet_recipe(data_root, dataset, epochs=epochs, quick=quick)
     return {s: make_run_config({**base, "methods": [_method(s)]}) for s in (grid or settings())}
 
 
