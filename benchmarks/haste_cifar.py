@@ -177,8 +177,6 @@ def tuned_dense(dense: nn.Module, x: torch.Tensor, clock: Any) -> tuple[nn.Modul
     """A copy of ``dense`` in which every conv runs on the faster of PyTorch's own choice and oneDNN at
     its input shape for ``x`` (timed here): the strongest dense baseline, so HASTE's speed-up cannot come
     from a better conv backend alone. Returns the copy and the number of convs switched to oneDNN."""
-    from torch.utils import benchmark
-
     model = copy.deepcopy(dense).eval()
     inputs: dict[str, torch.Tensor] = {}
     convs = {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.padding_mode == "zeros"}
@@ -193,12 +191,7 @@ def tuned_dense(dense: nn.Module, x: torch.Tensor, clock: Any) -> tuple[nn.Modul
     switched = 0
     for name, conv in convs.items():
         fast = OneDNNConv(conv)
-        times = []
-        for module in (conv, fast):
-            timer = benchmark.Timer("m(x)", globals={"m": module, "x": inputs[name]}, timer=clock)
-            with torch.no_grad():
-                times.append(timer.blocked_autorange(min_run_time=0.1).median)
-        if times[1] < times[0]:
+        if seconds(fast, [inputs[name]], 0.1, clock) < seconds(conv, [inputs[name]], 0.1, clock):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, fast)
             switched += 1

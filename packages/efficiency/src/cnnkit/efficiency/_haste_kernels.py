@@ -26,8 +26,8 @@ __all__ = [
     "compressed_tiles",
     "hash_codes",
     "image_bags",
-    "image_hash_inputs",
     "image_hash_rows",
+    "image_hash_values",
     "image_path_uses_gemm",
     "make_projection",
     "scratch",
@@ -283,17 +283,13 @@ def _real_extent(geom: TileGeometry, h: int, w: int) -> tuple[int, int]:
     return min(h, geom.side_h - geom.pad[2]), min(w, geom.side_w - geom.pad[0])
 
 
-def image_hash_inputs(
-    x: Tensor, proj: Tensor, geom: TileGeometry, rows: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """One tile per image: ``(N, C, H, W)`` → the hashed values ``(N, C, D')`` and their projection rows
-    (:func:`image_hash_rows`, or ``rows`` when the caller cached them)."""
+def image_hash_values(x: Tensor, geom: TileGeometry) -> Tensor:
+    """One tile per image: ``(N, C, H, W)`` → the hashed values ``(N, C, D')``, the pixels that meet the
+    rows of :func:`image_hash_rows`."""
     n, c, h, w = x.shape
-    if rows is None:
-        rows = image_hash_rows(proj, geom, h, w)
     rows_h, rows_w = _real_extent(geom, h, w)
     values = x if (rows_h, rows_w) == (h, w) else x[:, :, :rows_h, :rows_w]
-    return values.reshape(n, c, rows_h * rows_w), rows
+    return values.reshape(n, c, rows_h * rows_w)
 
 
 def _image_bags(buckets: Bucketing, channels: int) -> tuple[Tensor, Tensor, list[int]]:

@@ -112,8 +112,8 @@ from cnnkit.efficiency._haste_kernels import (
     compressed_tiles,
     hash_codes,
     image_bags,
-    image_hash_inputs,
     image_hash_rows,
+    image_hash_values,
     image_path_uses_gemm,
     make_projection,
     simulate_images,
@@ -387,7 +387,7 @@ class HASTEConv2d(nn.Conv2d):
         rows = self._hash_rows.get(size)
         if rows is None or rows.device != proj.device:
             rows = self._hash_rows[size] = image_hash_rows(proj, geom, *size)
-        values, rows = image_hash_inputs(part, proj, geom, rows)
+        values = image_hash_values(part, geom)
         codes = hash_codes(values, rows, centre=self.centre, strict=self.strict)
         n, c, d = values.shape
         seen = n * c * d * rows.shape[1]  # the hashing GEMM (the centring is a mean, not counted)
