@@ -4,7 +4,8 @@
    (``cnnkit.bench.trainer.run``), a short CPU run by default: ``--epochs`` full epochs (3) of
    ``--batch-size`` 128, SGD with Nesterov momentum, one-cycle schedule to lr 0.1, protocol ``last``
    (about 62 minutes on one thread of a 2-core AMD EPYC, 79.5 % test top-1; ``--steps-per-epoch`` caps
-   an epoch for a quicker, weaker model; a GPU machine can train the paper's 200 epochs).
+   an epoch for a quicker, weaker model; a GPU machine trains with ``--device cuda``:
+   bfloat16 autocast and channels-last, the paper's 200 epochs or fewer).
    The run's checkpoint lives in ``--cache-dir`` under the run config's key; a re-run with the same
    settings reuses it (and a killed training resumes from its last finished epoch).
 2. Evaluate the dense model and HASTE (``create_method("haste", hyperplanes=L, ...)``) for each L of
@@ -28,6 +29,8 @@ The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 4
     python benchmarks/haste_cifar.py --train-only
     python benchmarks/haste_cifar.py --hyperplanes 12,14,16 --test-images 1000 --patch 4
     python benchmarks/haste_cifar.py --threads 1 --hyperplanes 10 --patch 32   # per-image hashing (fastest)
+    python benchmarks/haste_cifar.py --epochs 40 --device cuda --num-workers 8 --train-only   # on a GPU
+    python benchmarks/haste_cifar.py --epochs 40 --no-latency --hyperplanes 8,10,12,14   # accuracy only
 
 ``--patch 32`` (>= every map of a CIFAR ResNet) hashes per image and runs HASTE's per-image fast path (one
 reduced-depth conv per image); ``--min-out-pixels`` leaves convs with small output maps dense (a latency
@@ -68,7 +71,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--schedule", default="onecycle", help="cosine | onecycle | multistep | constant")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the model trains"
+    )
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers for training")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--no-latency", action="store_true", help="accuracy and FLOPs only (no timings): a quick sweep"
+    )
     parser.add_argument("--hyperplanes", default="8,10,12,14,16", help="comma-separated values of L")
     parser.add_argument(
         "--patch", type=int, default=4, help="HASTE output tile side P (>= 32: one tile per image)"
@@ -101,7 +111,8 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         optimizer={"lr": args.lr, "nesterov": True},
         schedule={"name": args.schedule},
         protocol="last",
-        device="cpu",
+        device=args.device,
+        num_workers=args.num_workers,
         measure_latency=False,
         progress=False,
         seed=args.seed,
@@ -213,66 +224,94 @@ def with_haste(
     return model.eval(), method
 
 
-def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig) -> None:
-    from cnnkit.efficiency.haste import set_mode
-
-    x, y = test_images(args, cfg)
-    single = torch.get_num_threads() == 1
-    clock = time.process_time if single else time.perf_counter
-    clock_name = "process CPU time (1 thread)" if single else "wall"
-    print(
-        f"{len(y)} test images (seeded subset); HASTE patch={args.patch}, s={args.sparsity:.3g}, "
-        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}; latency clock: {clock_name}"
-    )
-    base = accuracy(dense, x, y, args.eval_batch)
+def tuned_baselines(
+    args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, clock: Any
+) -> dict[int, nn.Module]:
+    """The tuned dense model for each timed batch size."""
     tuned = {}
     for batch in (1, args.latency_batch):
         tuned[batch], switched = tuned_dense(dense, x[:batch].contiguous(), clock)
         with torch.no_grad():
             gap = float((tuned[batch](x[:batch]) - dense(x[:batch])).abs().max())
         print(f"tuned dense baseline, batch {batch}: {switched} convs on oneDNN (max |diff| {gap:.1e})")
+    return tuned
+
+
+def compressed_gap(model: nn.Module, x: torch.Tensor) -> float:
+    """Max |compressed − simulate| on ``x``; leaves ``model`` in compressed mode."""
+    from cnnkit.efficiency.haste import set_mode
+
+    with torch.no_grad():
+        set_mode(model, "compressed")
+        fast_out = model(x)
+        set_mode(model, "simulate")
+        gap = float((fast_out - model(x)).abs().max())
+        set_mode(model, "compressed")
+    return gap
+
+
+def timings(
+    args: argparse.Namespace, models_at: dict[int, tuple[nn.Module, ...]], x: torch.Tensor, clock: Any
+) -> list[tuple[float, ...]]:
+    """For each timed batch size (the keys of ``models_at``), the median seconds of each of its models,
+    measured in three interleaved rounds so drifting load hits all alike."""
+    per_batch = []
+    for batch, models in models_at.items():
+        pool = min(len(x) // batch, max(1, args.latency_images // batch))
+        xb = [x[i * batch : (i + 1) * batch].contiguous() for i in range(pool)]
+        rounds = [tuple(seconds(m, xb, args.min_run_time, clock) for m in models) for _ in range(3)]
+        per_batch.append(tuple(statistics.median(r[i] for r in rounds) for i in range(len(models))))
+    return per_batch
+
+
+def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig) -> None:
+    x, y = test_images(args, cfg)
+    single = torch.get_num_threads() == 1
+    clock = time.process_time if single else time.perf_counter
+    clock_name = "process CPU time (1 thread)" if single else "wall"
+    print(
+        f"{len(y)} test images (seeded subset); HASTE patch={args.patch}, s={args.sparsity:.3g}, "
+        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}; "
+        + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
+    )
+    base = accuracy(dense, x, y, args.eval_batch)
+    tuned = {} if args.no_latency else tuned_baselines(args, dense, x, clock)
     rows = []
     for L in [int(v) for v in args.hyperplanes.split(",")]:
         model, method = with_haste(args, dense, x, L)
         top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
         stats = method.stats(model)
-        set_mode(model, "compressed")
-        with torch.no_grad():
-            fast_out = model(x[: args.latency_batch])
-            set_mode(model, "simulate")
-            gap = float((fast_out - model(x[: args.latency_batch])).abs().max())
-            set_mode(model, "compressed")
-        speedups = []
-        for batch in (1, args.latency_batch):
-            pool = min(len(x) // batch, max(1, args.latency_images // batch))
-            xb = [x[i * batch : (i + 1) * batch].contiguous() for i in range(pool)]
-            triples = []
-            for _ in range(3):  # interleaved, so drifting load hits all alike
-                triples.append(
-                    tuple(seconds(m, xb, args.min_run_time, clock) for m in (dense, tuned[batch], model))
-                )
-            speedups.append(tuple(statistics.median(t[i] for t in triples) for i in range(3)))
-        rows.append((L, top1, stats, gap, speedups))
+        gap = compressed_gap(model, x[: args.latency_batch])
+        timed = timings(args, {b: (dense, tuned[b], model) for b in tuned}, x, clock)
+        rows.append((L, top1, stats, gap, timed))
         print(f"  L={L}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
-    print()
+    print_table(args, base, rows)
+
+
+def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...]]) -> None:
     nb = args.latency_batch
     head = (
         "| L | top-1 % | drop pp | FLOPs red. (model) | FLOPs red. (HASTE convs) | buckets/C | "
-        "sim-vs-fast max diff | ms b1: dense / tuned / HASTE | speed-up b1 vs dense (vs tuned) | "
-        f"ms b{nb}: dense / tuned / HASTE | speed-up b{nb} vs dense (vs tuned) |"
+        "sim-vs-fast max diff |"
     )
+    if not args.no_latency:
+        head += (
+            " ms b1: dense / tuned / HASTE | speed-up b1 vs dense (vs tuned) | "
+            f"ms b{nb}: dense / tuned / HASTE | speed-up b{nb} vs dense (vs tuned) |"
+        )
+    print()
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    print(f"| dense | {base:.2f} | 0.00 | 0.0 % | 0.0 % | 1.000 | - | - | - | - | - |")
-    for L, top1, stats, gap, timings in rows:
-        cells = []
-        for d, t, h in timings:
-            cells.append(f"{1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} | {d / h:.2f}x ({t / h:.2f}x)")
+    print(f"| dense | {base:.2f} | 0.00 | 0.0 % | 0.0 % | 1.000 | - |" + " - |" * (head.count("|") - 8))
+    for L, top1, stats, gap, timed in rows:
+        cells = [
+            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} | {d / h:.2f}x ({t / h:.2f}x) |"
+            for d, t, h in timed
+        ]
         print(
             f"| {L} | {top1:.2f} | {base - top1:.2f} | {100 * stats['flops_reduction']:.1f} % | "
-            f"{100 * stats['haste_flops_reduction']:.1f} % | {stats['bucket_fraction']:.3f} | {gap:.1e} | "
-            + " | ".join(cells)
-            + " |"
+            f"{100 * stats['haste_flops_reduction']:.1f} % | {stats['bucket_fraction']:.3f} | {gap:.1e} |"
+            + "".join(cells)
         )
     print(
         "\nGoal (issue 7): FLOPs reduction >= 40 % at drop <= 1.5 pp; "
