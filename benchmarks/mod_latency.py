@@ -24,6 +24,10 @@ k channels (``inplace_fusion=False``) and ours, the add into the input itself (n
 understate the copy: inside the model each copy also faults in a fresh buffer and evicts the cache, so
 compare the whole model with ``--copy-fusion`` too.
 
+``--in-model`` times each MoD block of R50-MoD, its selector and its reduced block inside the model's
+forward (by hooks) against alone on the same input (repeated, so with warm caches): inside, the standard
+blocks have evicted their weights (the selector's FCs: 2 MB at C = 2048) and their code, so they run slower.
+
 ``--bound`` adds an ablation row per MoD model: the model with its MoD blocks replaced by identities, the
 speed-up that zero-cost MoD blocks would give on this machine (a ceiling for that model: what is left
 above it is the cost of the standard blocks on this CPU, which no MoD implementation can change).
@@ -102,6 +106,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the core); auto: cpu with 1 thread, else wall",
     )
     p.add_argument("--ops", action="store_true", help="also time the MoD-specific ops per block")
+    p.add_argument(
+        "--in-model",
+        action="store_true",
+        help="also time each MoD block's parts inside R50-MoD's forward vs alone on the same input",
+    )
     return p.parse_args(argv)
 
 
@@ -253,6 +262,86 @@ def op_breakdown(model: nn.Module, batch: int, min_time: float, channels_last: b
     return lines
 
 
+def _block_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """Each MoD block and its selector and reduced block, by qualified name."""
+    parts: dict[str, nn.Module] = {}
+    for name, block in mod_blocks(model):
+        parts[name] = block
+        if block.selector is not None:
+            parts[f"{name}.selector"] = block.selector
+        parts[f"{name}.block"] = block.block
+    return parts
+
+
+def _inputs_of(model: nn.Module, modules: dict[str, nn.Module], x: Tensor) -> dict[str, Tensor]:
+    """The input each of ``modules`` gets in one forward of ``model`` on ``x``."""
+    seen: dict[str, Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, a, n=n: seen.__setitem__(n, a[0].clone()))
+        for n, m in modules.items()
+    ]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def _in_model_seconds(
+    model: nn.Module, modules: dict[str, nn.Module], x: Tensor, rounds: int
+) -> dict[str, float]:
+    """Mean seconds (the Timer clock) each of ``modules`` takes inside ``model``'s forward, by hooks."""
+    clock = CLOCK["timer"]
+    spent = dict.fromkeys(modules, 0.0)
+    started: dict[str, float] = {}
+
+    def enter(_m: nn.Module, _a: object, n: str) -> None:
+        started[n] = clock()
+
+    def leave(_m: nn.Module, _a: object, _o: object, n: str) -> None:
+        spent[n] += clock() - started[n]
+
+    hooks = [m.register_forward_pre_hook(lambda mm, a, n=n: enter(mm, a, n)) for n, m in modules.items()]
+    hooks += [m.register_forward_hook(lambda mm, a, o, n=n: leave(mm, a, o, n)) for n, m in modules.items()]
+    with torch.inference_mode():
+        model(x)  # warm-up
+        spent.update(dict.fromkeys(modules, 0.0))
+        for _ in range(rounds):
+            model(x)
+    for h in hooks:
+        h.remove()
+    return {n: t / rounds for n, t in spent.items()}
+
+
+def in_model_breakdown(model: nn.Module, batch: int, min_time: float, rounds: int = 30) -> list[str]:
+    """µs of each MoD block's selector, reduced block and whole block inside the model's forward (timed by
+    hooks, which add a few µs each) and alone on the same input (repeated, so with warm caches). The gap is
+    what the rest of the forward does to them, e.g. evicting their weights (the selector's two FCs hold
+    2·C²/r floats: 2 MB at C = 2048), which must then come from memory again."""
+    parts = _block_parts(model)
+    x = torch.randn(batch, 3, 224, 224)
+    inputs = _inputs_of(model, parts, x)
+    inside = _in_model_seconds(model, parts, x, rounds)
+    lines = [
+        f"MoD block parts inside R50-MoD's forward vs alone, batch {batch}: µs",
+        "| part | input | weights KB | in the model | alone | in / alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    alone = {n: _time(lambda p=p, i=inputs[n]: p(i), min_time) for n, p in parts.items()}  # type: ignore[misc]
+    for name, part in parts.items():
+        kb = sum(t.numel() * t.element_size() for t in part.parameters()) / 1024
+        lines.append(
+            f"| {name} | {'x'.join(map(str, inputs[name].shape[1:]))} | {kb:.0f} | "
+            f"{inside[name] * 1e6:.0f} | {alone[name] * 1e6:.0f} | {inside[name] / alone[name]:.2f} |"
+        )
+    blocks = [n for n, _ in mod_blocks(model)]
+    lines.append(
+        f"all MoD blocks: {sum(inside[n] for n in blocks) * 1e6:.0f} µs per forward in the model, "
+        f"{sum(alone[n] for n in blocks) * 1e6:.0f} µs alone"
+    )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads > 0:
@@ -293,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for b in args.batches:
             print()
             print("\n".join(op_breakdown(r50, b, 0.2, args.channels_last)))
+    if args.in_model:
+        r50 = next((c.model for c in others if c.name == "resnet50_mod"), None) or build("resnet50_mod")
+        for b in args.batches:
+            print()
+            print("\n".join(in_model_breakdown(r50, b, 0.2)))
     print(f"\nafter the run: {describe_machine(torch.device('cpu')).split(', ')[-1]}")
 
 
