@@ -185,7 +185,9 @@ class OneDNNConv(nn.Module):
         )
 
 
-def tuned_dense(dense: nn.Module, x: torch.Tensor, clock: Any) -> tuple[nn.Module, int]:
+def tuned_dense(
+    dense: nn.Module, x: torch.Tensor, clock: Any, min_run_time: float = 0.1
+) -> tuple[nn.Module, int]:
     """A copy of ``dense`` in which every conv runs on the faster of PyTorch's own choice and oneDNN at
     its input shape for ``x`` (timed here): the strongest dense baseline, so HASTE's speed-up cannot come
     from a better conv backend alone. Returns the copy and the number of convs switched to oneDNN."""
@@ -203,7 +205,8 @@ def tuned_dense(dense: nn.Module, x: torch.Tensor, clock: Any) -> tuple[nn.Modul
     switched = 0
     for name, conv in convs.items():
         fast = OneDNNConv(conv)
-        if seconds(fast, [inputs[name]], 0.1, clock) < seconds(conv, [inputs[name]], 0.1, clock):
+        pair = [seconds(m, [inputs[name]], min_run_time, clock) for m in (fast, conv)]
+        if pair[0] < pair[1]:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, fast)
             switched += 1
@@ -231,7 +234,8 @@ def tuned_baselines(
     """The tuned dense model for each timed batch size."""
     tuned = {}
     for batch in (1, args.latency_batch):
-        tuned[batch], switched = tuned_dense(dense, x[:batch].contiguous(), clock)
+        tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
+        tuned[batch], switched = tuned_dense(dense, x[:batch].contiguous(), clock, tuning_time)
         with torch.no_grad():
             gap = float((tuned[batch](x[:batch]) - dense(x[:batch])).abs().max())
         print(f"tuned dense baseline, batch {batch}: {switched} convs on oneDNN (max |diff| {gap:.1e})")

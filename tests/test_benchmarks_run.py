@@ -1,0 +1,124 @@
+"""Every script in ``benchmarks/`` runs end to end at a tiny size and prints its table.
+
+Speed ratios are not asserted here (they are measured side by side by the scripts themselves, never in a
+timed test); what is asserted is that each script still runs against the current packages, prints the rows
+it promises, and that the numbers it checks itself (agreement of two paths, parameter counts) hold.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SHARED_DATA = Path(os.environ.get("CNNKIT_DATA") or ROOT.parent / "shared" / "data")
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    """stdout of ``benchmarks/<name>.py args`` on one thread; fails the test with its stderr if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def table_row(out: str, first_cell: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is ``first_cell``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in:\n{out}")
+
+
+def test_mod_latency_prints_models_ceiling_and_in_model_parts() -> None:
+    out = run_benchmark(
+        "mod_latency", "--models", "resnet50_mod", "--batches", "1", "--repeats", "1",
+        "--min-time", "0.01", "--bound", "--in-model",
+    )  # fmt: skip
+    assert table_row(out, "resnet50_mod")[1] == "18.11"  # the paper's parameter count (M)
+    assert float(table_row(out, "resnet50_mod, MoD blocks = identity (ceiling)")[3]) > 0
+    parts = [table_row(out, f"layer{s}.1{p}") for s in (1, 2, 3, 4) for p in ("", ".selector", ".block")]
+    assert all(float(cells[3]) > 0 and float(cells[4]) > 0 for cells in parts)
+    assert "all MoD blocks:" in out
+
+
+def test_haste_layer_prints_each_path() -> None:
+    out = run_benchmark(
+        "haste_layer", "--fractions", "0.5", "--patches", "4,image", "--stages", "3", "--repeats", "1",
+        "--min-run-time", "0.01", "--batch", "2",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| 3 | 256@8x8 |")]
+    assert len(rows) == 4  # patch 4 and per image, at batch 1 and 2
+    assert all(re.search(r"\| \d+\.\d+x \| 2\.00x \|$", row) for row in rows)  # b/C = 0.5: ideal 2x
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "cifar10-jpeg.tar.gz").exists(), reason=f"no CIFAR-10 JPEG copy in {SHARED_DATA}"
+)
+def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "haste_cifar", "--model", "resnet20", "--data-root", str(SHARED_DATA), "--cache-dir", str(tmp_path),
+        "--threads", "1",
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--test-images", "16",
+        "--eval-batch", "16", "--hyperplanes", "12", "--latency-batch", "2", "--latency-images", "2",
+        "--min-run-time", "0.01",
+    )  # fmt: skip
+    row = table_row(out, "12")
+    assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
+    assert 0.0 < float(row[5]) < 1.0  # buckets per channel
+    assert "tuned dense baseline, batch 1" in out
+    assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
+
+
+def test_cops_speed_solves_resnet50_size() -> None:
+    out = run_benchmark("cops_speed", "--repeats", "1", "--skip-highs", "--threads", "1")
+    assert re.search(r"ResNet-50 \| 25,502,912 \|", out)
+    assert "goal ResNet-50 size" in out
+
+
+def test_dwt_speed_agrees_with_pywavelets_and_compares_paths() -> None:
+    out = run_benchmark("dwt_speed", "--repeats", "1", "--threads", "1", "--min-time", "0.01")
+    summary = next(line for line in out.splitlines() if line.startswith("SUMMARY:"))
+    deltas = [float(v) for v in re.findall(r"max \|Δ\w+\| ([0-9.e+-]+)", summary)]
+    assert len(deltas) == 2 and max(deltas) < 1e-5
+
+
+def test_regularizer_overhead_times_methods_against_the_baseline() -> None:
+    out = run_benchmark(
+        "regularizer_overhead", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup", "0",
+        "--device", "cpu", "--methods", "sr,swd-2d",
+    )  # fmt: skip
+    for method in ("baseline", "sr", "swd-2d"):
+        assert re.search(rf"^{re.escape(method)}\s+\d+\.\d+\s+\d\.\d+", out, re.MULTILINE), method
+
+
+def test_scoring_time_times_each_score() -> None:
+    out = run_benchmark(
+        "scoring_time", "--models", "cifar_resnet18", "--scores", "magnitude", "snip", "--repeats", "1",
+        "--cifar-batch", "8",
+    )  # fmt: skip
+    for score in ("magnitude", "snip"):
+        assert re.search(rf"cifar_resnet18 \|\s+8 \|\s+{score} \|\s+\d+\.\d+", out), score
+
+
+def test_trainer_throughput_trains_the_same_as_by_hand() -> None:
+    out = run_benchmark(
+        "trainer_throughput", "--steps", "2", "--repeats", "1", "--device", "cpu", "--batch-size", "8"
+    )
+    losses = re.search(r"mean train loss trainer ([0-9.]+), hand-written ([0-9.]+)", out)
+    assert losses and losses.group(1) == losses.group(2)
+    assert re.search(r"ratio trainer/hand-written: \d+\.\d+", out)
