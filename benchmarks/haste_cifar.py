@@ -233,8 +233,8 @@ def tuned_baselines(
 ) -> dict[int, nn.Module]:
     """The tuned dense model for each timed batch size."""
     tuned = {}
+    tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
     for batch in (1, args.latency_batch):
-        tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
         tuned[batch], switched = tuned_dense(dense, x[:batch].contiguous(), clock, tuning_time)
         with torch.no_grad():
             gap = float((tuned[batch](x[:batch]) - dense(x[:batch])).abs().max())

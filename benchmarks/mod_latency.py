@@ -295,14 +295,14 @@ def _in_model_seconds(
     spent = dict.fromkeys(modules, 0.0)
     started: dict[str, float] = {}
 
-    def enter(_m: nn.Module, _a: object, n: str) -> None:
+    def enter(n: str) -> None:
         started[n] = clock()
 
-    def leave(_m: nn.Module, _a: object, _o: object, n: str) -> None:
+    def leave(n: str) -> None:
         spent[n] += clock() - started[n]
 
-    hooks = [m.register_forward_pre_hook(lambda mm, a, n=n: enter(mm, a, n)) for n, m in modules.items()]
-    hooks += [m.register_forward_hook(lambda mm, a, o, n=n: leave(mm, a, o, n)) for n, m in modules.items()]
+    hooks = [m.register_forward_pre_hook(lambda _m, _a, n=n: enter(n)) for n, m in modules.items()]
+    hooks += [m.register_forward_hook(lambda _m, _a, _o, n=n: leave(n)) for n, m in modules.items()]
     with torch.inference_mode():
         model(x)  # warm-up
         spent.update(dict.fromkeys(modules, 0.0))
@@ -377,16 +377,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{clock} clock, {'copy' if args.copy_fusion else 'in-place'} fusion"
     )
     print("\n".join(table(base, others, args.batches)))
-    if args.ops:
-        r50 = next((c.model for c in others if c.name == "resnet50_mod"), None) or build("resnet50_mod")
-        for b in args.batches:
-            print()
-            print("\n".join(op_breakdown(r50, b, 0.2, args.channels_last)))
-    if args.in_model:
-        r50 = next((c.model for c in others if c.name == "resnet50_mod"), None) or build("resnet50_mod")
-        for b in args.batches:
-            print()
-            print("\n".join(in_model_breakdown(r50, b, 0.2)))
+    r50 = next((c.model for c in others if c.name == "resnet50_mod"), None)
+    for b in args.batches if args.ops or args.in_model else []:
+        r50 = r50 or build("resnet50_mod")
+        if args.ops:
+            print("\n" + "\n".join(op_breakdown(r50, b, 0.2, args.channels_last)))
+        if args.in_model:
+            print("\n" + "\n".join(in_model_breakdown(r50, b, 0.2)))
     print(f"\nafter the run: {describe_machine(torch.device('cpu')).split(', ')[-1]}")
 
 
