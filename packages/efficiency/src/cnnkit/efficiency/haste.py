@@ -35,11 +35,14 @@ faults). Both modes share the hashing and bucketing code, so they agree to float
 Trade-off [measured, benchmarks/haste_cifar.py: the bench's CIFAR ResNet-18 after 3 CPU epochs (79.85 %
 top-1), 2000 test images, start stage 2, one CPU thread]: per image, L = 12 cuts 12.4 % of the model's
 FLOPs at −2.2 pp and L = 8 36 % at −39 pp; patch 4 merges more safely (L = 12: 17.3 % at −1.35 pp), since
-one code must describe a 6x6 window rather than a whole map. In wall-clock the per-tile formulation (many
-small batched GEMMs plus stitching) is 2-4x slower than the dense conv on a CPU; the per-image path beats
-it only where the merging is strong (one layer at b/C = 0.42, batch 1: 1.55x on 8x8 maps, 1.25x on 4x4,
-about 0.95x on 32x32 and 16x16, benchmarks/haste_layer.py), because hashing, bucketing, the merges and the
-layout copies cost about 0.1-0.2 ms per layer, as much as the reduced conv saves on CIFAR-sized maps.
+one code must describe a 6x6 window rather than a whole map. After 6 epochs (84.9 %) the merge rate at each L
+is the same but the drops are smaller (per image, L = 12: 11.7 % at −0.55 pp); smaller tiles from stage 1 on
+cut most within 1.5 pp (patch 2, ``start_layer=1``, L = 13: 28.8 % at −1.3 pp). In wall-clock the per-tile
+formulation (many small batched GEMMs plus stitching) is 2-5x slower than the dense conv on a CPU (patch 2:
+5x); the per-image path beats it only where the merging is strong (one layer at b/C = 0.42, batch 1: 1.55x
+on 8x8 maps, 1.25x on 4x4, about 0.95x on 32x32 and 16x16, benchmarks/haste_layer.py), because hashing,
+bucketing, the merges and the layout copies cost about 0.1-0.2 ms per layer, as much as the reduced conv
+saves on CIFAR-sized maps.
 Per-image merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense
 filters ``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps.
 
