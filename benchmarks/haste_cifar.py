@@ -77,6 +77,11 @@ def parse_args() -> argparse.Namespace:
         "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the model trains"
     )
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers for training")
+    parser.add_argument(
+        "--cpu-amp",
+        action="store_true",
+        help="train on CPU with bfloat16 autocast and channels-last (about 3x faster with native bf16)",
+    )
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument(
         "--no-latency", action="store_true", help="accuracy and FLOPs only (no timings): a quick sweep"
@@ -115,6 +120,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         protocol="last",
         device=args.device,
         num_workers=args.num_workers,
+        cpu_amp=args.cpu_amp,
         measure_latency=False,
         progress=False,
         seed=args.seed,

@@ -158,3 +158,12 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_cpu_amp_flag_reaches_the_run(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    # the tiny ResNet's 8-channel strided 1x1 conv is refused under cpu_amp: the flag was applied
+    code = main(["run", "--store", str(tmp_path), *TINY_FLAGS, "--cpu-amp"])
+    assert code != 0
+    assert "cpu_amp=True cannot train this model" in capsys.readouterr().err
+    record = ResultStore(tmp_path / "results.sqlite").records()[0]
+    assert record.status == "failed" and record.config["cpu_amp"] is True

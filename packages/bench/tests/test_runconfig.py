@@ -28,6 +28,14 @@ def test_key_is_stable_and_ignores_where_data_lives() -> None:
     assert RunConfig(methods=(MethodRef(name="swd", config={"p": 0.1}),)).key() != RunConfig().key()
 
 
+def test_keys_of_earlier_runs_do_not_change() -> None:
+    # A run's checkpoint lives under its key: a new field must keep the keys of runs that leave it at its
+    # default (else their checkpoints no longer resume). The pinned value is the default config's key
+    # before ``cpu_amp`` existed.
+    assert RunConfig().key() == "b426fe97c1c75ac5"
+    assert RunConfig(cpu_amp=False).key() == RunConfig().key() != RunConfig(cpu_amp=True).key()
+
+
 def test_bad_fields_name_the_field_and_the_range() -> None:
     with pytest.raises(ConfigError, match=r"epochs.*greater than or equal to 1"):
         make_run_config({"epochs": 0})

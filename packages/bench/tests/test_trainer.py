@@ -105,12 +105,31 @@ class Phased(Method):
         self.epochs_seen = state["epochs_seen"]
 
 
+class Probe(Method):
+    """Records the dtype and memory format of the first conv's output in training steps."""
+
+    name = "probe"
+    kind = "regularizer"
+    seen: ClassVar[set[tuple[torch.dtype, bool]]] = set()
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+        def record(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            if module.training:
+                Probe.seen.add((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+
+        conv.register_forward_hook(record)
+        return model
+
+
 class _Plugin:
     @hookimpl
     def cnnkit_register_methods(self, registry: Any) -> None:
         registry.add(MethodSpec(name="phased", kind="regularizer", target=f"{__name__}:Phased"))
         registry.add(MethodSpec(name="counting", kind="regularizer", target=f"{__name__}:CountingMethod"))
         registry.add(MethodSpec(name="exploding", kind="regularizer", target=f"{__name__}:Exploding"))
+        registry.add(MethodSpec(name="probe", kind="regularizer", target=f"{__name__}:Probe"))
 
 
 @pytest.fixture
@@ -145,6 +164,27 @@ def test_test_stats_cover_exactly_the_test_set(with_counting: Any, tiny_run: dic
     test_size = len(build_datasets(cfg)["test"])  # type: ignore[arg-type]
     assert metrics["method.images_seen"] == test_size > 0  # test_stats replaced the pre-test value
     assert metrics["method.epochs_seen"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cpu_amp", "expected"), [(False, (torch.float32, False)), (True, (torch.bfloat16, True))]
+)
+def test_cpu_amp_trains_in_bfloat16_and_channels_last(
+    with_counting: Any, tiny_run: dict[str, Any], cpu_amp: bool, expected: tuple[torch.dtype, bool]
+) -> None:
+    Probe.seen.clear()
+    wide = {"model_args": {"width": 16}}  # the default width's 8-channel strided 1x1 conv is refused (below)
+    cfg = {**tiny_run, **wide, "epochs": 3, "methods": ["probe"], "cpu_amp": cpu_amp}
+    metrics = run(make_run_config(cfg))
+    assert Probe.seen == {expected}
+    assert metrics["test_top1"] > 30.0  # it still learns (chance: 10 %)
+
+
+def test_cpu_amp_refuses_a_model_whose_backward_would_corrupt_memory(
+    registries: Any, tiny_run: dict[str, Any]
+) -> None:
+    with pytest.raises(RunFailed, match=r"cpu_amp.*'layer2\.0\.shortcut\.0'.*8 input channels.*#6035"):
+        run(make_run_config({**tiny_run, "cpu_amp": True}))
 
 
 def test_cpu_runs_are_deterministic(registries: Any, tiny_run: dict[str, Any]) -> None:

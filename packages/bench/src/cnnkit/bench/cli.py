@@ -143,6 +143,8 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["download"] = True
     if args.no_progress:
         fields["progress"] = False
+    if args.cpu_amp:
+        fields["cpu_amp"] = True
     if args.method:
         fields["methods"] = list(args.method)
     if args.lr is not None:
@@ -361,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--download", action="store_true", help="allow downloading datasets")
             p.add_argument("--max-steps-per-epoch", type=int)
             p.add_argument("--no-progress", action="store_true")
+            p.add_argument(
+                "--cpu-amp",
+                action="store_true",
+                help="bfloat16 autocast and channels-last on CPU too (fast with native bfloat16)",
+            )
         if name == "sweep":
             p.add_argument("config")
             p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")

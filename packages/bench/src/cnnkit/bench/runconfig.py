@@ -18,6 +18,7 @@ from cnnkit.core.config import ConfigError
 __all__ = ["MethodRef", "OptimizerConfig", "RunConfig", "ScheduleConfig", "parse_method_ref"]
 
 _KEY_EXCLUDE = {"data_root", "download", "progress", "num_workers", "checkpoint_dir"}
+_KEY_OMIT_WHEN_DEFAULT = ("cpu_amp",)
 
 
 class _Frozen(BaseModel):
@@ -80,7 +81,12 @@ class RunConfig(_Frozen):
         protocol: ``"val"`` = train on 90 %, keep the best-validation checkpoint and evaluate it on test;
             ``"last"`` = train on all training data and evaluate the last epoch on test.
         device: ``"auto"`` picks CUDA when available.
-        amp, channels_last: used on CUDA only.
+        amp, channels_last: bfloat16 autocast and channels-last memory format, on CUDA; on CPU only with
+            ``cpu_amp``.
+        cpu_amp: apply ``amp`` and ``channels_last`` on CPU too [opt-in]: about 3x faster training on CPUs
+            with native bfloat16 (AVX512-BF16 or AMX; CIFAR ResNet-18, batch 128, 2 threads of an AMD EPYC:
+            0.59 s against 1.85 s per step), slower where bfloat16 is emulated, and rounding-level different
+            results from float32.
     """
 
     model: str = "lenet5_caffe"
@@ -99,6 +105,7 @@ class RunConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     channels_last: bool = True
+    cpu_amp: bool = False
     deterministic: bool = True
     measure_latency: bool = True
     data_root: str | None = None
@@ -110,6 +117,9 @@ class RunConfig(_Frozen):
     def key(self) -> str:
         """SHA-256 of the fields that define the result (hex, 16 chars)."""
         payload = self.model_dump(mode="json", exclude=_KEY_EXCLUDE)
+        for name in _KEY_OMIT_WHEN_DEFAULT:  # fields added later: earlier runs keep their keys (and resume)
+            if payload[name] == RunConfig.model_fields[name].default:
+                del payload[name]
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -2,7 +2,8 @@
 
 Choices (documented for users):
 - The learning-rate schedule is stepped per optimizer step (milestones are fractions of training).
-- On CUDA, mixed precision uses bfloat16 autocast (no loss scaling needed) and channels_last memory format.
+- On CUDA, mixed precision uses bfloat16 autocast (no loss scaling needed) and channels_last memory format;
+  on CPU too with ``cpu_amp`` (opt-in: fast only where the CPU has native bfloat16).
 - On CPU, runs are seeded and deterministic (``torch.use_deterministic_algorithms`` during the run).
 - The data order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches.
 - Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol);
@@ -55,6 +56,29 @@ SCORING_BATCHES = 10
 
 class RunFailed(RuntimeError):
     """A run stopped (non-finite loss, bad configuration, ...); the message says why."""
+
+
+_ONEDNN_MIN_STRIDED_1X1_CHANNELS = 16
+
+
+def _refuse_convs_that_corrupt_memory(model: nn.Module) -> None:
+    """``cpu_amp`` trains channels-last on oneDNN, whose backward of a 1×1 conv with stride > 1 and fewer
+    input channels than its channel block writes past its workspace (oneDNN issue #6035; torch 2.14.1,
+    bfloat16 on AVX512: heap corruption with 8 and 12 input channels, none seen with 16 or more): refuse
+    such a model rather than crash or train on corrupted memory."""
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Conv2d)
+            and module.kernel_size == (1, 1)
+            and max(module.stride) > 1
+            and module.in_channels < _ONEDNN_MIN_STRIDED_1X1_CHANNELS
+        ):
+            raise RunFailed(
+                f"cpu_amp=True cannot train this model: its 1x1 conv {name!r} with stride "
+                f"{tuple(module.stride)} has {module.in_channels} input channels (fewer than "
+                f"{_ONEDNN_MIN_STRIDED_1X1_CHANNELS}), a shape whose channels-last backward corrupts memory "
+                "on CPU (oneDNN issue #6035); train with cpu_amp=False"
+            )
 
 
 @dataclass
@@ -182,6 +206,9 @@ class Trainer:
         self.dist = distributed.init_from_env(cfg.device)
         self.device = resolve_device(cfg.device, self.dist)
         self.cuda = self.device.type == "cuda"
+        fast = self.cuda or cfg.cpu_amp
+        self.amp = fast and cfg.amp
+        self.channels_last = fast and cfg.channels_last
         self.state = _State()
         self.replicas_agreed_at_wrap = True
 
@@ -195,7 +222,9 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         model = build_model(cfg, self.data["train"]).to(self.device)
-        if self.cuda and cfg.channels_last:
+        if self.channels_last:
+            if not self.cuda:
+                _refuse_convs_that_corrupt_memory(model)
             model = model.to(memory_format=torch.channels_last)
         example = next(iter(_loader(self.data["train"], cfg, shuffle=False, seed=0, batch_size=2)))[0]
         self.ctx = Context(
@@ -376,7 +405,7 @@ class Trainer:
         )
         for x, y in itertools.islice(loader, self.steps_per_epoch):  # never loads an unused batch
             x = x.to(self.device, non_blocking=True)
-            if self.cuda and self.cfg.channels_last and x.dim() == 4:
+            if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
 
@@ -448,7 +477,7 @@ class Trainer:
         runner, optimizer = self.runner, self.optimizer
         runner.before_step(x, y)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
+        with self._autocast():
             output = self.train_model(x)
             loss = runner.loss(self.model, output.float(), y)
         if self.dist is None:
@@ -468,6 +497,9 @@ class Trainer:
         self.state.step += 1
         return value, n
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     # -- evaluation and metrics ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
@@ -482,7 +514,7 @@ class Trainer:
         loss_sum, n = 0.0, 0
         for x, y in loader:
             x, y = x.to(self.device), y.to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
+            with self._autocast():
                 logits = model(x).float()
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
