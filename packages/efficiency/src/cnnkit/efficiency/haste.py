@@ -33,16 +33,19 @@ measured]; the merged filters are written into reused buffers (fresh multi-MB te
 faults). Both modes share the hashing and bucketing code, so they agree to float rounding.
 
 Trade-off [measured, benchmarks/haste_cifar.py: the bench's CIFAR ResNet-18 after 3 CPU epochs (79.85 %
-top-1), 2000 test images, start stage 2, one CPU thread]: per image, L = 12 cuts 12.4 % of the model's
-FLOPs at −2.2 pp and L = 8 36 % at −39 pp; patch 4 merges more safely (L = 12: 17.3 % at −1.35 pp), since
-one code must describe a 6x6 window rather than a whole map. After 6 epochs (84.9 %) the merge rate at each L
-is the same but the drops are smaller (per image, L = 12: 11.7 % at −0.55 pp); smaller tiles from stage 1 on
-cut most within 1.5 pp (patch 2, ``start_layer=1``, L = 13: 28.8 % at −1.3 pp). In wall-clock the per-tile
-formulation (many small batched GEMMs plus stitching) is 2-5x slower than the dense conv on a CPU (patch 2:
-5x); the per-image path beats it only where the merging is strong (one layer at b/C = 0.42, batch 1: 1.55x
-on 8x8 maps, 1.25x on 4x4, about 0.95x on 32x32 and 16x16, benchmarks/haste_layer.py), because hashing,
-bucketing, the merges and the layout copies cost about 0.1-0.2 ms per layer, as much as the reduced conv
-saves on CIFAR-sized maps.
+top-1), 2000 test images, start stage 2, one CPU thread]: per image, L = 12 cuts 12.4 % of the model's FLOPs
+at −2.2 pp and L = 8 36 % at −39 pp; patch 4 merges more safely (L = 12: 17.3 % at −1.35 pp), since one code
+must describe a 6x6 window rather than a whole map. After 6 epochs (84.9 %) the merge rate at each L is the
+same but the drops are smaller (per image, L = 12: 11.7 % at −0.55 pp); smaller tiles from stage 1 on cut most
+within 1.5 pp (patch 2, ``start_layer=1``, L = 13: 28.8 % at −1.3 pp). A model trained 15 epochs with bfloat16
+on the CPU (88.4 %) merges more at each L, but its trade-off is no better (patch 2 from stage 1: L = 16 25.5 %
+at −0.65 pp, the most within 1.5 pp, L = 14 30.8 % at −1.75; patch 3 from stage 1, L = 14: 24.8 % at −1.3;
+patch 4, L = 12: 18.6 % at −1.3; per image, L = 12: 12.2 % at −1.45). In wall-clock the per-tile formulation
+(many small batched GEMMs plus stitching) is 2-5x slower than the dense conv on a CPU (patch 2: 5x); the
+per-image path beats it only where the merging is strong (one layer at b/C = 0.42, batch 1: 1.55x on 8x8 maps,
+1.25x on 4x4, about 0.95x on 32x32 and 16x16, benchmarks/haste_layer.py), because hashing, bucketing, the
+merges and the layout copies cost about 0.1-0.2 ms per layer, as much as the reduced conv saves on CIFAR-sized
+maps.
 Per-image merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense
 filters ``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps.
 
