@@ -77,7 +77,7 @@ def _refuse_convs_that_corrupt_memory(model: nn.Module) -> None:
                 f"cpu_amp=True cannot train this model: its 1x1 conv {name!r} with stride "
                 f"{tuple(module.stride)} has {module.in_channels} input channels (fewer than "
                 f"{_ONEDNN_MIN_STRIDED_1X1_CHANNELS}), a shape whose channels-last backward corrupts memory "
-                "on CPU (oneDNN issue #6035); train with cpu_amp=False"
+                "on CPU (oneDNN issue #6035); train with cpu_amp=False (or channels_last=False, slower)"
             )
 
 
