@@ -106,18 +106,22 @@ class Phased(Method):
 
 
 class Probe(Method):
-    """Records the dtype and memory format of the first conv's output in training steps."""
+    """Records, in training steps, the first conv's output dtype and whether its input and weight are
+    channels-last (the trainer's conversions; the output's layout is the conv backend's choice)."""
 
     name = "probe"
     kind = "regularizer"
-    seen: ClassVar[set[tuple[torch.dtype, bool]]] = set()
+    seen: ClassVar[set[tuple[torch.dtype, tuple[bool, ...]]]] = set()
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
         def record(module: nn.Module, args: Any, out: torch.Tensor) -> None:
             if module.training:
-                Probe.seen.add((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+                layouts = tuple(
+                    t.is_contiguous(memory_format=torch.channels_last) for t in (args[0], module.weight)
+                )
+                Probe.seen.add((out.dtype, layouts))
 
         conv.register_forward_hook(record)
         return model
@@ -167,10 +171,14 @@ def test_test_stats_cover_exactly_the_test_set(with_counting: Any, tiny_run: dic
 
 
 @pytest.mark.parametrize(
-    ("cpu_amp", "expected"), [(False, (torch.float32, False)), (True, (torch.bfloat16, True))]
+    ("cpu_amp", "expected"),
+    [(False, (torch.float32, (False, False))), (True, (torch.bfloat16, (True, True)))],
 )
 def test_cpu_amp_trains_in_bfloat16_and_channels_last(
-    with_counting: Any, tiny_run: dict[str, Any], cpu_amp: bool, expected: tuple[torch.dtype, bool]
+    with_counting: Any,
+    tiny_run: dict[str, Any],
+    cpu_amp: bool,
+    expected: tuple[torch.dtype, tuple[bool, ...]],
 ) -> None:
     Probe.seen.clear()
     wide = {"model_args": {"width": 16}}  # the default width's 8-channel strided 1x1 conv is refused (below)
