@@ -83,10 +83,11 @@ class RunConfig(_Frozen):
         device: ``"auto"`` picks CUDA when available.
         amp, channels_last: bfloat16 autocast and channels-last memory format, on CUDA; on CPU only with
             ``cpu_amp``.
-        cpu_amp: apply ``amp`` and ``channels_last`` on CPU too [opt-in]: about 3x faster training on CPUs
-            with native bfloat16 (AVX512-BF16 or AMX; CIFAR ResNet-18, batch 128, 2 threads of an AMD EPYC:
-            0.59 s against 1.85 s per step), slower where bfloat16 is emulated, and rounding-level different
-            results from float32.
+        cpu_amp: apply ``amp`` and ``channels_last`` on CPU too [opt-in]: 3.1x faster training steps on
+            a CPU with native bfloat16 (CIFAR ResNet-18, batch 128, 2 threads of an AVX512-BF16 AMD EPYC:
+            0.59 s against 1.85 s); CPUs without it emulate bfloat16 (not measured; expect less or no gain),
+            and results differ from float32 at rounding level. Models with a strided 1×1 conv of fewer than
+            16 input channels are refused (a oneDNN memory bug, see the trainer).
     """
 
     model: str = "lenet5_caffe"
