@@ -35,6 +35,7 @@ The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 4
     python benchmarks/haste_cifar.py --threads 1 --hyperplanes 10 --patch 32   # per-image hashing (fastest)
     python benchmarks/haste_cifar.py --epochs 40 --device cuda --num-workers 8 --train-only   # on a GPU
     python benchmarks/haste_cifar.py --epochs 40 --no-latency --hyperplanes 8,10,12,14   # accuracy only
+    python benchmarks/haste_cifar.py --epochs 40 --device cuda --no-latency --eval-device cuda  # GPU sweep
 
 ``--patch 32`` (>= every map of a CIFAR ResNet) hashes per image and runs HASTE's per-image fast path (one
 reduced-depth conv per image); ``--min-out-pixels`` leaves convs with small output maps dense (a latency
@@ -85,6 +86,12 @@ def parse_args() -> argparse.Namespace:
         help="train on CPU with bfloat16 autocast and channels-last (about 3x faster with native bf16)",
     )
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--eval-device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the accuracy and FLOPs sweep runs (cuda: float32 without TF32; needs --no-latency)",
+    )
     parser.add_argument(
         "--no-latency", action="store_true", help="accuracy and FLOPs only (no timings): a quick sweep"
     )
@@ -292,14 +299,31 @@ def timings(
     return per_batch
 
 
-def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig) -> None:
-    x, y = test_images(args, cfg)
+def eval_device(args: argparse.Namespace) -> torch.device:
+    """The sweep's device. Timings are CPU timings, so a CUDA sweep must be ``--no-latency``; on CUDA the
+    convs and matmuls run in true float32 (no TF32), as on CPU, so hash bits see the same values."""
+    if args.eval_device == "cpu":
+        return torch.device("cpu")
+    if not (args.no_latency or args.train_only):
+        raise SystemExit(
+            "--eval-device cuda measures accuracy and FLOPs only (no CPU timings): add --no-latency"
+        )
+    if not torch.cuda.is_available():
+        raise SystemExit("--eval-device cuda: CUDA is not available here; use --eval-device cpu")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device("cuda")
+
+
+def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    x, y = (t.to(device) for t in test_images(args, cfg))
+    dense = dense.to(device)
     single = torch.get_num_threads() == 1
     clock = time.process_time if single else time.perf_counter
     clock_name = "process CPU time (1 thread)" if single else "wall"
     print(
         f"{len(y)} test images (seeded subset); HASTE patch={args.patch}, s={args.sparsity:.3g}, "
-        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}; "
+        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}, on {device.type}; "
         + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
     )
     base = accuracy(dense, x, y, args.eval_batch)
@@ -352,11 +376,12 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = eval_device(args)  # before training: a bad combination fails at once
     print(describe_machine(torch.device("cpu")), flush=True)
     model, cfg = trained_model(args)
     if args.train_only:
         return
-    evaluate_haste(args, model, cfg)
+    evaluate_haste(args, model, cfg, device)
 
 
 if __name__ == "__main__":

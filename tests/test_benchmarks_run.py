@@ -84,6 +84,26 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
     assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
 
 
+def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "haste_cifar.py"),
+            "--eval-device",
+            "cuda",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "--eval-device cuda" in proc.stderr and "--no-latency" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before any training
+
+
 def test_cops_speed_solves_resnet50_size() -> None:
     out = run_benchmark("cops_speed", "--repeats", "1", "--skip-highs", "--threads", "1")
     assert re.search(r"ResNet-50 \| 25,502,912 \|", out)
