@@ -7,13 +7,15 @@
    63 minutes on two threads; ``--epochs 15 --cpu-amp`` (bfloat16 autocast and channels-last, about 3x
    faster per step on a CPU with native bfloat16): 88.4 %, 78 minutes on two threads;
    ``--steps-per-epoch`` caps an epoch for a quicker, weaker model; a GPU machine trains with
-   ``--device cuda``: bfloat16 autocast and channels-last, the paper's 200 epochs or fewer).
+   ``--device cuda``: bfloat16 autocast and channels-last; on one H100 with ``--num-workers 12``, 40 epochs
+   took 346 s for ResNet-34 (91.15 %) and 326 s for ResNet-18 (90.80 %)).
    The run's checkpoint lives in ``--cache-dir`` under the run config's key; a re-run with the same
    settings reuses it (and a killed training resumes from its last finished epoch).
 2. Evaluate the dense model and HASTE (``create_method("haste", hyperplanes=L, ...)``) for each L of
    ``--hyperplanes`` on ``--test-images`` test images (a seeded random subset): top-1, the drop vs dense
    (pp), the FLOPs reduction from ``HASTE.stats`` (mean over the test images seen, hashing and merging
-   overhead included; whole model and the replaced convs alone).
+   overhead included; whole model and the replaced convs alone). ``--eval-device cuda`` runs this step on
+   a GPU (all 10,000 test images took 5-15 s per L for ResNet-34 on an H100).
 3. Time the dense model, a tuned dense model (each conv on the faster of PyTorch's default backend and
    oneDNN at its shape, timed first: PyTorch picks a slower path for some batch-1 convs, and HASTE's
    reduced convs use oneDNN, so this baseline shows what HASTE adds beyond the backend) and the HASTE
