@@ -12,9 +12,10 @@
    The run's checkpoint lives in ``--cache-dir`` under the run config's key; a re-run with the same
    settings reuses it (and a killed training resumes from its last finished epoch).
 2. Evaluate the dense model and HASTE (``create_method("haste", hyperplanes=L, ...)``) for each L of
-   ``--hyperplanes`` on ``--test-images`` test images (a seeded random subset): top-1, the drop vs dense
-   (pp), the FLOPs reduction from ``HASTE.stats`` (mean over the test images seen, hashing and merging
-   overhead included; whole model and the replaced convs alone). ``--eval-device cuda`` runs this step on
+   ``--hyperplanes`` and each projection seed of ``--haste-seeds`` on ``--test-images`` test images (a
+   seeded random subset): top-1, the drop vs dense (pp), the FLOPs reduction from ``HASTE.stats`` (mean
+   over the test images seen, hashing and merging overhead included; whole model and the replaced convs
+   alone). ``--eval-device cuda`` runs this step on
    a GPU (all 10,000 test images took 5-15 s per L for ResNet-34 on an H100).
 3. Time the dense model, a tuned dense model (each conv on the faster of PyTorch's default backend and
    oneDNN at its shape, timed first: PyTorch picks a slower path for some batch-1 convs, and HASTE's
@@ -103,6 +104,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--sparsity", type=float, default=2 / 3, help="HASTE projection sparsity s")
     parser.add_argument("--start-layer", type=int, default=2, help="HASTE start stage")
+    parser.add_argument(
+        "--haste-seeds",
+        default="0",
+        help="comma-separated seeds of HASTE's projections: one row per L and seed",
+    )
     parser.add_argument(
         "--min-out-pixels", type=int, default=0, help="HASTE: leave convs with smaller output maps dense"
     )
@@ -232,11 +238,12 @@ def tuned_dense(
 
 
 def with_haste(
-    args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, planes: int
+    args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, planes: int, seed: int = 0
 ) -> tuple[nn.Module, Any]:
     method = create_method(
         "haste",
         hyperplanes=planes,
+        seed=seed,
         patch=args.patch,
         sparsity=args.sparsity,
         start_layer=args.start_layer,
@@ -331,14 +338,16 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     base = accuracy(dense, x, y, args.eval_batch)
     tuned = {} if args.no_latency else tuned_baselines(args, dense, x, clock)
     rows = []
-    for L in [int(v) for v in args.hyperplanes.split(",")]:
-        model, method = with_haste(args, dense, x, L)
+    seeds = [int(v) for v in args.haste_seeds.split(",")]
+    for L, seed in itertools.product([int(v) for v in args.hyperplanes.split(",")], seeds):
+        label = str(L) if seeds == [0] else f"{L}, seed {seed}"
+        model, method = with_haste(args, dense, x, L, seed)
         top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
         stats = method.stats(model)
         gap = compressed_gap(model, x[: args.latency_batch])
         timed = timings(args, {b: (dense, tuned[b], model) for b in tuned}, x, clock)
-        rows.append((L, top1, stats, gap, timed))
-        print(f"  L={L}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
+        rows.append((label, top1, stats, gap, timed))
+        print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
     print_table(args, base, rows)
 
 

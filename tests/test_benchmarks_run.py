@@ -75,11 +75,12 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         "--threads", "1",
         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--test-images", "16",
         "--eval-batch", "16", "--hyperplanes", "12", "--latency-batch", "2", "--latency-images", "2",
-        "--min-run-time", "0.01",
+        "--min-run-time", "0.01", "--haste-seeds", "0,3",
     )  # fmt: skip
-    row = table_row(out, "12")
-    assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
-    assert 0.0 < float(row[5]) < 1.0  # buckets per channel
+    for seed in (0, 3):  # one row per projection seed
+        row = table_row(out, f"12, seed {seed}")
+        assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
+        assert 0.0 < float(row[5]) < 1.0  # buckets per channel
     assert "tuned dense baseline, batch 1" in out
     assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
 
