@@ -41,7 +41,12 @@ from stage 2 (the defaults), L = 12: 26.4 % at −1.53; per image, L = 12: 17.1 
 from stage 1: L = 14 36.2 % at −1.72, L = 16 31.5 % at −0.47; patch 3 from stage 1, L = 14: 30.4 % at −1.04.
 The paper reports 46.7 % at −1.25 pp on ResNet-34. Longer training helped, though not always: the same
 ResNet-34 after 22 epochs (90.3 %) gave patch 2, L = 14: 34.1 % at −2.05 pp; CPU-trained ResNet-18s (3 to 15
-epochs, 79.9 to 88.4 %) stayed below 29 % within 1.5 pp, with no gain from 6 to 15 epochs.
+epochs, 79.9 to 88.4 %) stayed below 29 % within 1.5 pp, with no gain from 6 to 15 epochs. The projection
+draw matters about as much as one step of L: on that ResNet-34 (patch 2 from stage 1, 1000 test images,
+``seed`` 0 to 4), L = 14 dropped 1.2 to 2.5 pp at 38.0 to 39.0 %, L = 15 0.1 to 4.3 pp at 36.0 to 38.3 %. The
+worst draw merged far more in stage 1 (52 % against 37 % of the first conv's FLOPs, against seed 1) and lost
+4.3 pp where the L = 14 draws lost 1.2 to 2.5 at a similar cut. Compare a few seeds on validation data before
+fixing one.
 
 In wall-clock on a CPU (that ResNet-34, one thread of a 2-core AMD EPYC, batch 1 / 32 vs the dense model):
 per image, L = 12: 0.93x / 0.49x; patch 4, L = 12: 0.55x / 0.27x; patch 3 from stage 1, L = 14: 0.24x /
