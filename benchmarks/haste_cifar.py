@@ -15,8 +15,8 @@
    ``--hyperplanes`` and each projection seed of ``--haste-seeds`` on ``--test-images`` test images (a
    seeded random subset): top-1, the drop vs dense (pp), the FLOPs reduction from ``HASTE.stats`` (mean
    over the test images seen, hashing and merging overhead included; whole model and the replaced convs
-   alone). ``--eval-device cuda`` runs this step on
-   a GPU (all 10,000 test images took 5-15 s per L for ResNet-34 on an H100).
+   alone). ``--eval-device cuda`` runs this step on a GPU (all 10,000 test images took 5-15 s per L for
+   ResNet-34 on an H100).
 3. Time the dense model, a tuned dense model (each conv on the faster of PyTorch's default backend and
    oneDNN at its shape, timed first: PyTorch picks a slower path for some batch-1 convs, and HASTE's
    reduced convs use oneDNN, so this baseline shows what HASTE adds beyond the backend) and the HASTE
@@ -67,6 +67,14 @@ from cnnkit.core import Context, create_method
 REPO = Path(__file__).resolve().parents[1]
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of integers (an argparse type: bad input becomes a usage error)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,7 +106,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-latency", action="store_true", help="accuracy and FLOPs only (no timings): a quick sweep"
     )
-    parser.add_argument("--hyperplanes", default="8,10,12,14,16", help="comma-separated values of L")
+    parser.add_argument(
+        "--hyperplanes", type=int_list, default="8,10,12,14,16", help="comma-separated values of L"
+    )
     parser.add_argument(
         "--patch", type=int, default=4, help="HASTE output tile side P (>= 32: one tile per image)"
     )
@@ -106,6 +116,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start-layer", type=int, default=2, help="HASTE start stage")
     parser.add_argument(
         "--haste-seeds",
+        type=int_list,
         default="0",
         help="comma-separated seeds of HASTE's projections: one row per L and seed",
     )
@@ -309,8 +320,8 @@ def timings(
 
 
 def eval_device(args: argparse.Namespace) -> torch.device:
-    """The sweep's device. Timings are CPU timings, so a CUDA sweep must be ``--no-latency``; on CUDA the
-    convs and matmuls run in true float32 (no TF32), as on CPU, so hash bits see the same values."""
+    """The sweep's device, checked before any training. Timings are CPU timings, so a CUDA sweep must be
+    ``--no-latency``."""
     if args.eval_device == "cpu":
         return torch.device("cpu")
     if not (args.no_latency or args.train_only):
@@ -319,12 +330,13 @@ def eval_device(args: argparse.Namespace) -> torch.device:
         )
     if not torch.cuda.is_available():
         raise SystemExit("--eval-device cuda: CUDA is not available here; use --eval-device cpu")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device("cuda")
 
 
 def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    if device.type == "cuda":  # true float32 convs and matmuls, as on CPU, so hash bits see the same values
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     x, y = (t.to(device) for t in test_images(args, cfg))
     dense = dense.to(device)
     single = torch.get_num_threads() == 1
@@ -338,8 +350,8 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     base = accuracy(dense, x, y, args.eval_batch)
     tuned = {} if args.no_latency else tuned_baselines(args, dense, x, clock)
     rows = []
-    seeds = [int(v) for v in args.haste_seeds.split(",")]
-    for L, seed in itertools.product([int(v) for v in args.hyperplanes.split(",")], seeds):
+    seeds = args.haste_seeds
+    for L, seed in itertools.product(args.hyperplanes, seeds):
         label = str(L) if seeds == [0] else f"{L}, seed {seed}"
         model, method = with_haste(args, dense, x, L, seed)
         top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
