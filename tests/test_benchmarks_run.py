@@ -20,10 +20,10 @@ BENCHMARKS = ROOT / "benchmarks"
 SHARED_DATA = Path(os.environ.get("CNNKIT_DATA") or ROOT.parent / "shared" / "data")
 
 
-def run_benchmark(name: str, *args: str) -> str:
-    """stdout of ``benchmarks/<name>.py args`` on one thread; fails the test with its stderr if it fails."""
+def benchmark_process(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<name>.py args`` run to the end on one thread, its output captured."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
         capture_output=True,
         text=True,
@@ -31,6 +31,11 @@ def run_benchmark(name: str, *args: str) -> str:
         timeout=900,
         check=False,
     )
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    """stdout of ``benchmarks/<name>.py args`` on one thread; fails the test with its stderr if it fails."""
+    proc = benchmark_process(name, *args)
     assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -86,20 +91,7 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
 
 
 def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "haste_cifar.py"),
-            "--eval-device",
-            "cuda",
-            "--cache-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = benchmark_process("haste_cifar", "--eval-device", "cuda", "--cache-dir", str(tmp_path))
     assert proc.returncode != 0
     assert "--eval-device cuda" in proc.stderr and "--no-latency" in proc.stderr
     assert not list(tmp_path.iterdir())  # refused before any training
