@@ -96,6 +96,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="train on CPU with bfloat16 autocast and channels-last (about 3x faster with native bf16)",
     )
+    parser.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="train with the data held on the device, cropped and flipped there (no loader workers)",
+    )
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument(
         "--eval-device",
@@ -149,6 +154,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         num_workers=args.num_workers,
         cpu_amp=args.cpu_amp,
+        data_on_device=args.data_on_device,
         measure_latency=False,
         progress=False,
         seed=args.seed,

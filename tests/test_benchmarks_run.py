@@ -137,3 +137,14 @@ def test_trainer_throughput_trains_the_same_as_by_hand() -> None:
     losses = re.search(r"mean train loss trainer ([0-9.]+), hand-written ([0-9.]+)", out)
     assert losses and losses.group(1) == losses.group(2)
     assert re.search(r"ratio trainer/hand-written: \d+\.\d+", out)
+
+
+def test_data_on_device_times_both_data_paths() -> None:
+    out = run_benchmark(
+        "data_on_device", "--dataset", "fashion_mnist_mini", "--model", "lenet5_caffe", "--steps", "2",
+        "--repeats", "1", "--batch-size", "16",
+    )  # fmt: skip
+    for contender in ("loader", "on device"):
+        cells = table_row(out, contender)
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and float(cells[3]) >= 0
+    assert re.search(r"on device / loader: data alone \d+\.\d+x, training \d+\.\d+x, setup \+", out)

@@ -167,3 +167,9 @@ def test_cpu_amp_flag_reaches_the_run(registries: Any, tmp_path: Path, capsys: A
     assert "cpu_amp=True cannot train this model" in capsys.readouterr().err
     record = ResultStore(tmp_path / "results.sqlite").records()[0]
     assert record.status == "failed" and record.config["cpu_amp"] is True
+
+
+def test_data_on_device_flag_reaches_the_run(registries: Any, tmp_path: Path) -> None:
+    assert main(["run", "--store", str(tmp_path), *TINY_FLAGS, "--data-on-device"]) == 0
+    record = ResultStore(tmp_path / "results.sqlite").records()[0]
+    assert record.status == "done" and record.config["data_on_device"] is True

@@ -45,7 +45,9 @@ COMPARED = ("test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "trai
 
 
 def ddp_configs() -> dict[str, RunConfig]:
-    return {name: RunConfig(**BASE, methods=methods) for name, methods in METHODS.items()}
+    configs = {name: RunConfig(**BASE, methods=methods) for name, methods in METHODS.items()}
+    configs["dense, data on device"] = RunConfig(**BASE, data_on_device=True)  # each rank gathers its slice
+    return configs
 
 
 # -- unit tests (no process group) ---------------------------------------------------------------------
@@ -120,7 +122,7 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(ddp_configs()))
 def test_ddp_matches_single_process(
     name: str, ddp_results: tuple[Path, list[dict[str, Any]]], registries: Any
 ) -> None:

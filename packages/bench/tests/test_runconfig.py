@@ -34,6 +34,7 @@ def test_keys_of_earlier_runs_do_not_change() -> None:
     # before ``cpu_amp`` existed.
     assert RunConfig().key() == "b426fe97c1c75ac5"
     assert RunConfig(cpu_amp=False).key() == RunConfig().key() != RunConfig(cpu_amp=True).key()
+    assert RunConfig(data_on_device=False).key() == RunConfig().key() != RunConfig(data_on_device=True).key()
 
 
 def test_bad_fields_name_the_field_and_the_range() -> None:

@@ -145,6 +145,8 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["progress"] = False
     if args.cpu_amp:
         fields["cpu_amp"] = True
+    if args.data_on_device:
+        fields["data_on_device"] = True
     if args.method:
         fields["methods"] = list(args.method)
     if args.lr is not None:
@@ -367,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "--cpu-amp",
                 action="store_true",
                 help="bfloat16 autocast and channels-last on CPU too (fast with native bfloat16)",
+            )
+            p.add_argument(
+                "--data-on-device",
+                action="store_true",
+                help="hold the data on the run's device and crop/flip batches there (no loader workers)",
             )
         if name == "sweep":
             p.add_argument("config")

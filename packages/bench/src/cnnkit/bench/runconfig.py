@@ -18,7 +18,7 @@ from cnnkit.core.config import ConfigError
 __all__ = ["MethodRef", "OptimizerConfig", "RunConfig", "ScheduleConfig", "parse_method_ref"]
 
 _KEY_EXCLUDE = {"data_root", "download", "progress", "num_workers", "checkpoint_dir"}
-_KEY_OMIT_WHEN_DEFAULT = ("cpu_amp",)
+_KEY_OMIT_WHEN_DEFAULT = ("cpu_amp", "data_on_device")
 
 
 class _Frozen(BaseModel):
@@ -88,6 +88,11 @@ class RunConfig(_Frozen):
             0.59 s against 1.85 s); CPUs without it emulate bfloat16 (not measured; expect less or no gain),
             and results differ from float32 at rounding level. Models with a strided 1×1 conv of fewer than
             16 input channels are refused (a oneDNN memory bug, see the trainer).
+        data_on_device: read every split once, without augmentation, into one tensor on the run's device
+            and replay the dataset's training augmentation (random crop, flip) there per batch, instead of
+            decoding and augmenting each image in loader workers every epoch (:mod:`cnnkit.bench.data.
+            on_device`) [opt-in: the split must fit in device memory, and the augmentation draws differ
+            from torchvision's per-sample ones].
     """
 
     model: str = "lenet5_caffe"
@@ -107,6 +112,7 @@ class RunConfig(_Frozen):
     amp: bool = True
     channels_last: bool = True
     cpu_amp: bool = False
+    data_on_device: bool = False
     deterministic: bool = True
     measure_latency: bool = True
     data_root: str | None = None

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ from cnnkit.core.cost import count_flops, count_params
 from cnnkit.core.loop import MethodRunner
 from cnnkit.core.method import Method, MethodStack, create_method
 from cnnkit.core.plugins import get_registries
+
+if TYPE_CHECKING:
+    from cnnkit.bench.data.on_device import DeviceSplit
 
 __all__ = ["RunFailed", "Trainer", "environment", "measure_latency", "run"]
 
@@ -117,8 +120,9 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def build_datasets(cfg: RunConfig) -> dict[str, Dataset[Any]]:
-    """The splits the protocol needs: train/val/test (``val``) or train_full/test (``last``)."""
+def build_datasets(cfg: RunConfig, *, augment: bool | None = None) -> dict[str, Dataset[Any]]:
+    """The splits the protocol needs: train/val/test (``val``) or train_full/test (``last``); ``augment``
+    (when not None) overrides the training splits' augmentation."""
     factory = get_registries().datasets.get(cfg.dataset).load()
     splits = (
         {"train": "train", "val": "val", "test": "test"}
@@ -126,7 +130,31 @@ def build_datasets(cfg: RunConfig) -> dict[str, Dataset[Any]]:
         else {"train": "train_full", "test": "test"}
     )
     kwargs = {"root": cfg.data_root, "download": cfg.download, **cfg.dataset_args}
+    if augment is not None:
+        kwargs["augment"] = augment
     return {role: factory(split=split, **kwargs) for role, split in splits.items()}
+
+
+def read_onto_device(
+    cfg: RunConfig, data: dict[str, Dataset[Any]], device: torch.device
+) -> dict[str, DeviceSplit]:
+    """Every split of ``data`` as a :class:`DeviceSplit` on ``device`` (``RunConfig.data_on_device``): read
+    without augmentation; the training split replays ``data["train"]``'s augmentation per batch."""
+    from cnnkit.bench.data.on_device import DataOnDeviceError, DeviceSplit
+
+    plain = build_datasets(cfg, augment=False)
+    try:
+        return {
+            role: DeviceSplit.read(
+                plain[role],
+                device=device,
+                recipe_from=data[role] if role == "train" else None,
+                num_workers=cfg.num_workers,
+            )
+            for role in data
+        }
+    except DataOnDeviceError as exc:
+        raise RunFailed(f"dataset {cfg.dataset!r}: {exc}") from exc
 
 
 def build_model(cfg: RunConfig, train_set: Dataset[Any] | None = None) -> nn.Module:
@@ -161,6 +189,7 @@ def _loader(
     seed: int,
     batch_size: int,
     shard: DistInfo | None = None,
+    num_workers: int | None = None,
 ) -> DataLoader[Any]:
     """Exactly ``DataLoader(dataset, batch_size, shuffle, generator=Generator(seed))``, spelled out so that
     under DDP each rank can take its slice of the very same global batches (``shard``)."""
@@ -171,7 +200,8 @@ def _loader(
     batches: Sampler[list[int]] = global_batches
     if shard is not None:
         batches = ShardedBatchSampler(global_batches, shard.rank, shard.world_size)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=cfg.num_workers)
+    workers = cfg.num_workers if num_workers is None else num_workers
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=workers)
 
 
 class _ScoringBatches:
@@ -211,12 +241,15 @@ class Trainer:
         self.channels_last = fast and cfg.channels_last
         self.state = _State()
         self.replicas_agreed_at_wrap = True
+        self.on_device: dict[str, DeviceSplit] = {}
 
     # -- setup --------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.data = build_datasets(cfg)
+        if cfg.data_on_device:
+            self.on_device = read_onto_device(cfg, self.data, self.device)
         self.steps_per_epoch = self._steps_in(len(self.data["train"]))  # type: ignore[arg-type]
         if cfg.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -395,19 +428,40 @@ class Trainer:
         return metrics
 
     def _batches(self) -> Iterator[Batch]:
-        loader = _loader(
-            self.data["train"],
-            self.cfg,
-            shuffle=True,
-            seed=self.cfg.seed * 100_003 + self.state.epoch,
-            batch_size=self.cfg.batch_size,
-            shard=self.dist,
-        )
-        for x, y in itertools.islice(loader, self.steps_per_epoch):  # never loads an unused batch
+        seed = self.cfg.seed * 100_003 + self.state.epoch
+        batches = self._device_batches(seed) if self.on_device else self._loaded_batches(seed)
+        for x, y in itertools.islice(batches, self.steps_per_epoch):  # never loads an unused batch
             x = x.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
+
+    def _loaded_batches(self, seed: int) -> Iterator[Batch]:
+        loader = _loader(
+            self.data["train"],
+            self.cfg,
+            shuffle=True,
+            seed=seed,
+            batch_size=self.cfg.batch_size,
+            shard=self.dist,
+        )
+        yield from loader
+
+    def _device_batches(self, seed: int) -> Iterator[Batch]:
+        """The loader's batches (the same indices, drawn by the same sampler) gathered from the device."""
+        split = self.on_device["train"]
+        draws = split.draws(seed)
+        positions = _loader(
+            range(len(split)),  # type: ignore[arg-type]
+            self.cfg,
+            shuffle=True,
+            seed=seed,
+            batch_size=self.cfg.batch_size,
+            shard=self.dist,
+            num_workers=0,
+        )
+        for indices in positions:
+            yield split.batch(indices, draws)
 
     def _train_epoch(self) -> None:
         from tqdm.auto import tqdm
@@ -509,10 +563,9 @@ class Trainer:
         if self.dist is not None:
             part = distributed.shard_range(len(dataset), self.dist.rank, self.dist.world_size)  # type: ignore[arg-type]
             dataset = Subset(dataset, list(part))
-        loader = _loader(dataset, self.cfg, shuffle=False, seed=0, batch_size=self.cfg.eval_batch_size)
         correct1 = correct5 = 0
         loss_sum, n = 0.0, 0
-        for x, y in loader:
+        for x, y in self._eval_batches(dataset):
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 logits = model(x).float()
@@ -526,6 +579,14 @@ class Trainer:
             [correct1, correct5, loss_sum, n], device=self.device
         )
         return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+    def _eval_batches(self, dataset: Dataset[Any]) -> Iterator[Batch]:
+        """``dataset`` in order: sliced from its device copy when the run holds one, else loaded."""
+        for role, split in self.on_device.items():
+            if self.data.get(role) is dataset:
+                yield from split.slices(self.cfg.eval_batch_size)
+                return
+        yield from _loader(dataset, self.cfg, shuffle=False, seed=0, batch_size=self.cfg.eval_batch_size)
 
     def _final_metrics(self) -> dict[str, Any]:
         if self.state.best_state is not None:
