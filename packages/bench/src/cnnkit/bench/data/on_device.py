@@ -197,10 +197,13 @@ class DeviceSplit:
     def __init__(self, images: Tensor, labels: Tensor, augment: BatchAugment | None = None) -> None:
         self.images, self.labels = images, labels
         self.augment = augment if augment is not None and not augment.is_identity else None
-        if self.augment is not None and self.augment.pad and len(self.augment.fill) != images.shape[1]:
-            raise DataOnDeviceError(
-                f"the crop's fill has {len(self.augment.fill)} values for {images.shape[1]} channels"
-            )
+        self.fill: Tensor | None = None
+        if self.augment is not None and self.augment.pad:
+            if len(self.augment.fill) != images.shape[1]:
+                raise DataOnDeviceError(
+                    f"the crop's fill has {len(self.augment.fill)} values for {images.shape[1]} channels"
+                )
+            self.fill = torch.tensor(self.augment.fill, dtype=images.dtype, device=images.device)
 
     @classmethod
     def read(
@@ -262,10 +265,9 @@ class DeviceSplit:
             rows.clamp(0, height - 1)[:, None, :, None],
             cols.clamp(0, width - 1)[:, None, None, :],
         ]
-        if not pad:
+        if self.fill is None:
             return picked
-        fill = torch.tensor(self.augment.fill, dtype=picked.dtype, device=device).view(1, channels, 1, 1)
-        return torch.where(inside[:, None], picked, fill)
+        return torch.where(inside[:, None], picked, self.fill.view(1, channels, 1, 1))
 
     def slices(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, ``batch_size`` examples at a time, unaugmented (evaluation)."""
