@@ -6,6 +6,9 @@ Choices (documented for users):
   on CPU too with ``cpu_amp`` (opt-in: fast only where the CPU has native bfloat16).
 - On CPU, runs are seeded and deterministic (``torch.use_deterministic_algorithms`` during the run).
 - The data order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches.
+- ``data_on_device``: the splits are read once onto the device and the training batches (the same indices)
+  are cropped and flipped there, with draws that depend only on ``(seed, e)`` too
+  (:mod:`cnnkit.bench.data.on_device`).
 - Protocol ``val``: the checkpoint with the best validation top-1 is evaluated on test (papers' protocol);
   only checkpoints of the methods' latest phase compete (``Method.checkpoint_phase``: IMP's rounds).
 - Test metrics are measured on ``method.export(model)``: the model one would deploy.
