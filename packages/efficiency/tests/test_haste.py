@@ -282,6 +282,9 @@ def test_stats_report_mean_cost_over_the_data_seen() -> None:
     assert 0.0 < stats["flops_reduction"] < stats["haste_flops_reduction"] < 1.0
     assert stats["needed_flops"] == pytest.approx(2 * stats["needed_macs"])
     assert stats["flops_reduction"] == pytest.approx(1 - stats["needed_flops"] / stats["dense_flops"])
+    without = stats["flops_reduction"] + stats["overhead_flops"] / stats["dense_flops"]
+    assert stats["flops_reduction_without_overhead"] == pytest.approx(without)
+    assert stats["flops_reduction"] < stats["flops_reduction_without_overhead"] < 1.0
     assert stats["needed_flops_p5"] <= stats["needed_flops_p50"] <= stats["needed_flops_p95"]
     dense = count_flops(remove_haste(copy.deepcopy(model)), seeded_batch(1)[0])
     assert stats["dense_macs"] == dense.macs

@@ -69,8 +69,10 @@ The layers report ``needed − what the FLOP counter sees of their own ops`` thr
 :func:`cnnkit.core.cost.report_macs`, so ``count_flops(model).effective_macs`` is HASTE's needed cost in
 either mode. They also tally, over all eval forwards ("the data seen"), per image dense and needed FLOPs;
 :meth:`HASTE.stats` reports means and p5/p50/p95 over images, for the replaced convs and the whole model
-(the dense MACs of the other convs and linear layers counted once at ``apply`` on one example input). If
-no data was seen yet, ``stats`` runs the example inputs of ``apply`` first.
+(the dense MACs of the other convs and linear layers counted once at ``apply`` on one example input);
+``flops_reduction`` counts the overhead, ``flops_reduction_without_overhead`` is the reduced convs' saving
+alone (for comparison with counts that leave hashing and merging out; the paper's is unknown). If no data
+was seen yet, ``stats`` runs the example inputs of ``apply`` first.
 
 Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
 
@@ -843,6 +845,10 @@ def _summarise(
             "needed_macs": needed_total / 2.0,
             "needed_flops": needed_total,
             "flops_reduction": 1.0 - needed_total / dense_total if dense_total else 0.0,
+            # the reduced convs' saving alone, as a count that leaves hashing and merging out would report
+            "flops_reduction_without_overhead": (
+                1.0 - (needed_total - overhead) / dense_total if dense_total else 0.0
+            ),
         }
     )
     lengths = {t.kept for t in seen}
