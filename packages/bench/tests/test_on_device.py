@@ -173,3 +173,18 @@ def test_the_run_names_the_dataset_when_it_refuses(monkeypatch: pytest.MonkeyPat
     )
     with pytest.raises(RunFailed, match=r"dataset 'fashion_mnist_mini'.*RandomRotation"):
         run(_tiny_run(data_on_device=True))
+
+
+def test_a_split_larger_than_the_free_memory_is_refused_before_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cnnkit.bench.data.on_device as on_device
+
+    plain = fashion_mnist_mini(split="test")  # 1000 images of 1x28x28 float32: 3.1 MB
+    assert on_device.free_bytes(CPU) > 3_136_000  # the real function: this machine can hold it
+    monkeypatch.setattr(on_device, "free_bytes", lambda device: 3_000_000)
+    monkeypatch.setattr(on_device, "_read_all", lambda *a, **k: pytest.fail("read although it cannot fit"))
+    with pytest.raises(
+        DataOnDeviceError, match=r"1000 images of shape \(1, 28, 28\).*0\.00 GiB of cpu memory"
+    ):
+        DeviceSplit.read(plain, device=CPU)

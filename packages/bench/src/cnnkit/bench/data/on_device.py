@@ -26,11 +26,14 @@ Draws: each epoch draws one (top, left, flip) per example of the split, indexed 
 split, from a generator seeded with the epoch's data seed. A batch's augmentation therefore does not
 depend on the batching or on how DDP ranks share it, and a resumed run repeats it. The draws differ from
 torchvision's per-sample ones (a different random stream, the same distribution). Memory: the split as
-float32, ``N·C·H·W·4`` bytes (CIFAR-10's 50,000 training images: 614 MB).
+float32, ``N·C·H·W·4`` bytes (CIFAR-10's 50,000 training images: 614 MB), read in host memory first; a
+split that does not fit in the free host or device memory is refused before it is read.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +48,7 @@ __all__ = [
     "DataOnDeviceError",
     "DeviceSplit",
     "Draws",
+    "free_bytes",
     "read_augmentation",
 ]
 
@@ -190,6 +194,37 @@ def _read_all(dataset: Dataset[Any], *, num_workers: int, batch_size: int = 500)
     return images, labels
 
 
+def free_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` in bytes (host RAM: ``MemAvailable`` of /proc/meminfo where readable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_fits(dataset: Dataset[Any], device: torch.device) -> None:
+    """Refuse, before reading, a split that does not fit as float32 in host memory (it is read there
+    first) or in the device's."""
+    sized: Any = dataset
+    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+    needed = len(sized) * math.prod(shape) * 4
+    places = [torch.device("cpu")] + ([device] if device.type != "cpu" else [])
+    for place in places:
+        free = free_bytes(place)
+        if needed > free:
+            raise DataOnDeviceError(
+                f"data_on_device: the split ({len(sized)} images of shape {shape}) needs "
+                f"{needed / 2**30:.2f} GiB as float32, but only {free / 2**30:.2f} GiB of {place} memory is "
+                "free. Train with data_on_device=False."
+            )
+
+
 class DeviceSplit:
     """A split as one image tensor and one label tensor on ``device``; ``augment`` replays the training
     augmentation on batches (None: the split is used as stored)."""
@@ -221,6 +256,7 @@ class DeviceSplit:
             augment = read_augmentation(recipe_from, image_shape=torch.as_tensor(plain[0][0]).shape)
             if augment is None:
                 _check_deterministic(recipe_from)
+        _check_fits(plain, device)
         images, labels = _read_all(plain, num_workers=num_workers)
         return cls(images.to(device), labels.to(device), augment)
 
