@@ -55,11 +55,9 @@ def _reference(
 def test_replayed_crop_and_flip_equal_torchvision_at_the_drawn_corner(kind: str) -> None:
     if kind == "cifar_rgb":
         augmented = RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True))
-        plain = RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=False))
         pil = augmented.pil
     else:
         augmented = fashion_mnist_mini(split="train_full", augment=True)  # type: ignore[assignment]
-        plain = fashion_mnist_mini(split="train_full", augment=False)  # type: ignore[assignment]
 
         def pil(index: int) -> Image.Image:
             return Image.fromarray(augmented.base.images[int(augmented.indices[index])])  # type: ignore[attr-defined]
@@ -67,7 +65,7 @@ def test_replayed_crop_and_flip_equal_torchvision_at_the_drawn_corner(kind: str)
     steps = augmented.transform.transforms if kind == "cifar_rgb" else augmented.base.transform.transforms  # type: ignore[attr-defined]
     crop = next(s for s in steps if isinstance(s, T.RandomCrop))
     tail = T.Compose([s for s in steps if isinstance(s, (T.ToTensor, T.Normalize))])
-    split = DeviceSplit.read(plain, device=CPU, recipe_from=augmented)
+    split = DeviceSplit.read(augmented, device=CPU, augmented=True)
     assert split.augment is not None and split.augment.pad == (4 if kind == "cifar_rgb" else 2)
     draws = split.draws(seed=3)
     assert draws is not None and draws.flip.any() and not draws.flip.all()
@@ -78,13 +76,15 @@ def test_replayed_crop_and_flip_equal_torchvision_at_the_drawn_corner(kind: str)
         torch.testing.assert_close(x[i], expected, rtol=0, atol=1e-6)
     # the corners that show padding were drawn: the fill value (normalized black) is really compared
     assert ((draws.top[indices] == 0) | (draws.left[indices] == 0)).any()
+    holder = augmented if kind == "cifar_rgb" else augmented.base  # type: ignore[attr-defined]
+    assert holder.transform.transforms == steps  # the dataset's own transform is back after the read
 
 
 def test_draws_cover_every_corner_and_flip_half_of_the_time_and_follow_the_seed() -> None:
     split = DeviceSplit.read(
-        RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=False), n=4000, size=4),
+        RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True, size=4), n=4000, size=4),
         device=CPU,
-        recipe_from=_NoPixels(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True, size=4)),
+        augmented=True,
     )
     draws = split.draws(seed=11)
     assert draws is not None
@@ -95,13 +95,6 @@ def test_draws_cover_every_corner_and_flip_half_of_the_time_and_follow_the_seed(
     assert again is not None and other is not None
     assert torch.equal(again.top, draws.top) and torch.equal(again.flip, draws.flip)
     assert not torch.equal(other.top, draws.top)
-
-
-class _NoPixels(Dataset[Any]):
-    """Only a ``transform`` to read the recipe from."""
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
 
 
 def _tiny_run(**fields: Any) -> RunConfig:
@@ -141,13 +134,11 @@ def test_trainer_batches_are_the_loader_batches_with_augmentation() -> None:
 
 def test_a_transform_that_cannot_be_replayed_is_refused_by_name() -> None:
     with pytest.raises(DataOnDeviceError, match=r"RandomResizedCrop.*supported: RandomCrop"):
-        read_augmentation(_NoPixels(imagenet_transform(augment=True, image_size=32)), image_shape=(3, 32, 32))
+        read_augmentation(imagenet_transform(augment=True, image_size=32), image_shape=(3, 32, 32))
     with pytest.raises(DataOnDeviceError, match=r"keeps the image size \(32, 32\).*\(28, 28\)"):
-        read_augmentation(_NoPixels(T.RandomCrop(28)), image_shape=(3, 32, 32))
+        read_augmentation(T.RandomCrop(28), image_shape=(3, 32, 32))
     with pytest.raises(DataOnDeviceError, match="padding_mode='reflect'"):
-        read_augmentation(
-            _NoPixels(T.RandomCrop(32, padding=4, padding_mode="reflect")), image_shape=(3, 32, 32)
-        )
+        read_augmentation(T.RandomCrop(32, padding=4, padding_mode="reflect"), image_shape=(3, 32, 32))
 
 
 class _RandomInGetitem(Dataset[tuple[torch.Tensor, int]]):
@@ -162,7 +153,13 @@ class _RandomInGetitem(Dataset[tuple[torch.Tensor, int]]):
 
 def test_augmentation_hidden_in_getitem_is_refused_not_dropped() -> None:
     with pytest.raises(DataOnDeviceError, match="differs between two reads"):
-        DeviceSplit.read(_RandomInGetitem(), device=CPU, recipe_from=_RandomInGetitem())
+        DeviceSplit.read(_RandomInGetitem(), device=CPU, augmented=True)
+
+
+def test_an_evaluation_split_with_a_random_transform_is_refused_not_frozen() -> None:
+    random_eval = RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True))
+    with pytest.raises(DataOnDeviceError, match="item 0 of RGBImages differs between two reads"):
+        DeviceSplit.read(random_eval, device=CPU)  # not the training split: stored as read, so refused
 
 
 def test_the_run_names_the_dataset_when_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:

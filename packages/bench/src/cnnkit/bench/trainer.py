@@ -123,9 +123,8 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def build_datasets(cfg: RunConfig, *, augment: bool | None = None) -> dict[str, Dataset[Any]]:
-    """The splits the protocol needs: train/val/test (``val``) or train_full/test (``last``); ``augment``
-    (when not None) overrides the training splits' augmentation."""
+def build_datasets(cfg: RunConfig) -> dict[str, Dataset[Any]]:
+    """The splits the protocol needs: train/val/test (``val``) or train_full/test (``last``)."""
     factory = get_registries().datasets.get(cfg.dataset).load()
     splits = (
         {"train": "train", "val": "val", "test": "test"}
@@ -133,8 +132,6 @@ def build_datasets(cfg: RunConfig, *, augment: bool | None = None) -> dict[str, 
         else {"train": "train_full", "test": "test"}
     )
     kwargs = {"root": cfg.data_root, "download": cfg.download, **cfg.dataset_args}
-    if augment is not None:
-        kwargs["augment"] = augment
     return {role: factory(split=split, **kwargs) for role, split in splits.items()}
 
 
@@ -142,19 +139,15 @@ def read_onto_device(
     cfg: RunConfig, data: dict[str, Dataset[Any]], device: torch.device
 ) -> dict[str, DeviceSplit]:
     """Every split of ``data`` as a :class:`DeviceSplit` on ``device`` (``RunConfig.data_on_device``): read
-    without augmentation; the training split replays ``data["train"]``'s augmentation per batch."""
+    without augmentation; the training split replays its augmentation per batch."""
     from cnnkit.bench.data.on_device import DataOnDeviceError, DeviceSplit
 
-    plain = build_datasets(cfg, augment=False)
     try:
         return {
             role: DeviceSplit.read(
-                plain[role],
-                device=device,
-                recipe_from=data[role] if role == "train" else None,
-                num_workers=cfg.num_workers,
+                split, device=device, augmented=role == "train", num_workers=cfg.num_workers
             )
-            for role in data
+            for role, split in data.items()
         }
     except DataOnDeviceError as exc:
         raise RunFailed(f"dataset {cfg.dataset!r}: {exc}") from exc

@@ -10,7 +10,7 @@ alone runs 15x faster (747 against 49 batches/s); CPU training of a ResNet-18 (1
 change (0.97x, within noise), and the one-time read costs 7 s.
 
 The augmentation is read from the training split's torchvision transform, so it is the dataset's own
-recipe, replayed exactly:
+recipe, replayed exactly (the split is read through the same transform with its random steps left out):
 
 - ``RandomCrop(size, padding=p)`` with constant padding and ``size`` equal to the image size: a top-left
   corner uniform in ``[0, 2p]²`` of the padded image; padded pixels take the crop's ``fill`` as the
@@ -19,8 +19,9 @@ recipe, replayed exactly:
 - Per-pixel deterministic steps: ``ToTensor``, ``PILToTensor``, ``ConvertImageDtype``, ``Normalize``.
 
 Any other transform (``RandomResizedCrop``, ``ColorJitter``, ...) is refused with an error naming it. A
-dataset without a readable ``transform`` must give the same tensor on every read of an item; one that
-does not (augmentation inside ``__getitem__``) is refused too, never silently trained unaugmented.
+training split without a readable ``transform``, and every evaluation split, must give the same tensor on
+every read of an item; one that does not (augmentation inside ``__getitem__``) is refused too, never
+silently trained unaugmented or evaluated on one frozen draw.
 
 Draws: each epoch draws one (top, left, flip) per example of the split, indexed by its position in the
 split, from a generator seeded with the epoch's data seed. A batch's augmentation therefore does not
@@ -32,9 +33,11 @@ split that does not fit in the free host or device memory is refused before it i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,13 +90,24 @@ class Draws:
     flip: Tensor
 
 
-def _transform_of(dataset: Dataset[Any]) -> Any:
+def _transform_holder(dataset: Dataset[Any]) -> Any:
+    """The object whose ``transform`` makes the dataset's items: the dataset or its ``base``; None if
+    neither has one."""
     holders: tuple[Any, ...] = (dataset, getattr(dataset, "base", None))
     for holder in holders:
-        transform = getattr(holder, "transform", None)
-        if transform is not None:
-            return transform
+        if getattr(holder, "transform", None) is not None:
+            return holder
     return None
+
+
+@contextmanager
+def _transform_swapped(holder: Any, transform: Any) -> Iterator[None]:
+    saved = holder.transform
+    holder.transform = transform
+    try:
+        yield
+    finally:
+        holder.transform = saved
 
 
 def _steps(transform: Any) -> list[Any]:
@@ -133,16 +147,12 @@ def _fill_value(crop: T.RandomCrop, after: list[Any], channels: int) -> tuple[fl
     return tuple(float(v) for v in torch.as_tensor(image, dtype=torch.float32).reshape(channels))
 
 
-def read_augmentation(dataset: Dataset[Any], *, image_shape: Sequence[int]) -> BatchAugment | None:
-    """The training augmentation of ``dataset`` as a :class:`BatchAugment`; None when the dataset has no
-    readable ``transform`` (the caller then checks that its items are deterministic).
+def read_augmentation(transform: Any, *, image_shape: Sequence[int]) -> BatchAugment:
+    """A training ``transform``'s random crop and flip as a :class:`BatchAugment`.
 
     Raises:
         DataOnDeviceError: a step of the transform that cannot be replayed on the device.
     """
-    transform = _transform_of(dataset)
-    if transform is None:
-        return None
     channels, size = int(image_shape[0]), tuple(int(v) for v in image_shape[1:])
     steps = _steps(transform)
     pad, flip_p, fill = 0, 0.0, tuple[float, ...]()
@@ -160,15 +170,23 @@ def read_augmentation(dataset: Dataset[Any], *, image_shape: Sequence[int]) -> B
     return BatchAugment(pad=pad, flip_p=flip_p, fill=fill)
 
 
+def _without_random_steps(transform: Any) -> T.Compose:
+    return T.Compose(
+        [s for s in _steps(transform) if not isinstance(s, (T.RandomCrop, T.RandomHorizontalFlip))]
+    )
+
+
 def _check_deterministic(dataset: Dataset[Any]) -> None:
+    """A split stored as read once must give the same tensor on every read of an item."""
     sized: Any = dataset
     for index in range(min(_READS_COMPARED, len(sized))):
         first, second = dataset[index][0], dataset[index][0]
         if not torch.equal(torch.as_tensor(first), torch.as_tensor(second)):
             raise DataOnDeviceError(
-                f"data_on_device needs the training augmentation in a readable torchvision transform; "
-                f"{type(dataset).__name__} has none, and item {index} differs between two reads (random "
-                "augmentation inside __getitem__). Train with data_on_device=False."
+                f"data_on_device stores this split as read once, but item {index} of "
+                f"{type(dataset).__name__} differs between two reads: a random augmentation outside a "
+                "readable torchvision transform (inside __getitem__, or on an evaluation split). Train "
+                "with data_on_device=False."
             )
 
 
@@ -242,22 +260,23 @@ class DeviceSplit:
 
     @classmethod
     def read(
-        cls,
-        plain: Dataset[Any],
-        *,
-        device: torch.device,
-        recipe_from: Dataset[Any] | None = None,
-        num_workers: int = 0,
+        cls, dataset: Dataset[Any], *, device: torch.device, augmented: bool = False, num_workers: int = 0
     ) -> DeviceSplit:
-        """Read ``plain`` (the split without augmentation) onto ``device``; the augmentation replayed on
-        batches is ``recipe_from``'s (the augmented split), none when ``recipe_from`` is None."""
+        """Read ``dataset`` onto ``device``. With ``augmented`` (the training split), its transform's random
+        crop and flip are left out of the read and replayed per batch; otherwise (or when it has no readable
+        transform) its items must not be random, and are stored as read."""
+        holder = _transform_holder(dataset) if augmented else None
+        image_shape = torch.as_tensor(dataset[0][0]).shape
         augment = None
-        if recipe_from is not None:  # checked before reading everything: a refusal comes at once
-            augment = read_augmentation(recipe_from, image_shape=torch.as_tensor(plain[0][0]).shape)
-            if augment is None:
-                _check_deterministic(recipe_from)
-        _check_fits(plain, device)
-        images, labels = _read_all(plain, num_workers=num_workers)
+        plain: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if holder is None:
+            _check_deterministic(dataset)
+        else:
+            augment = read_augmentation(holder.transform, image_shape=image_shape)
+            plain = _transform_swapped(holder, _without_random_steps(holder.transform))
+        _check_fits(dataset, device)  # all checks before the read: a refusal comes at once
+        with plain:
+            images, labels = _read_all(dataset, num_workers=num_workers)
         return cls(images.to(device), labels.to(device), augment)
 
     def __len__(self) -> int:
