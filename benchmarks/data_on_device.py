@@ -11,7 +11,8 @@ Three figures per contender, each the median of ``--repeats`` measurements taken
 the machine's load is shared):
 
 1. **data alone**: batches per second of the trainer's training batch stream over ``--steps`` batches,
-   with no model: what a fast GPU waits for;
+   with no model: what a fast GPU waits for (the loader's figure includes starting its workers, which the
+   trainer does once per epoch: over a few steps this weighs more than over a whole epoch);
 2. **training**: the trainer's own training samples per second (its clock covers the training steps only)
    over one epoch of ``--steps`` steps, protocol ``last``;
 3. **setup**: the trainer's setup (datasets, model, methods), which for ``on device`` includes reading every
@@ -137,7 +138,7 @@ def main() -> None:
     (rate_l, train_l, setup_l), (rate_d, train_d, setup_d) = medians
     print(
         f"\non device / loader: data alone {rate_d / rate_l:.2f}x, training {train_d / train_l:.2f}x, "
-        f"setup +{setup_d - setup_l:.2f} s"
+        f"setup {setup_d - setup_l:+.2f} s"
     )
 
 

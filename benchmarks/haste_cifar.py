@@ -100,7 +100,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data-on-device",
         action="store_true",
-        help="train with the data held on the device, cropped and flipped there (no loader workers)",
+        help="train with the data read once onto the device, cropped and flipped there",
     )
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument(

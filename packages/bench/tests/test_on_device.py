@@ -3,6 +3,7 @@ every corner, the trainer's batches are the loader's, and transforms it cannot r
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -41,43 +42,67 @@ class RGBImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def _reference(
-    image: Image.Image, crop: T.RandomCrop, top: int, left: int, flip: bool, tail: Any
+    image: Image.Image, crop: T.RandomCrop, draw: tuple[int, int, bool], tail: Any, *, flip_first: bool
 ) -> torch.Tensor:
-    """torchvision's own functional ops at the given corner: pad with the crop's fill, crop, flip, tail."""
-    padded = TF.pad(
-        image, list(crop.padding) if not isinstance(crop.padding, int) else crop.padding, fill=crop.fill
-    )
-    out = TF.crop(padded, top, left, *crop.size)
+    """torchvision's own functional ops at the drawn corner: pad with the crop's fill, crop, flip, tail.
+    A transform that flips first gives the same image at the mirrored corner ``2p − left``."""
+    top, left, flip = draw
+    padding = crop.padding if isinstance(crop.padding, int) else list(crop.padding)
+    if flip and flip_first:
+        mirrored = 2 * int(crop.padding) - left
+        return tail(TF.crop(TF.pad(TF.hflip(image), padding, fill=crop.fill), top, mirrored, *crop.size))
+    out = TF.crop(TF.pad(image, padding, fill=crop.fill), top, left, *crop.size)
     return tail(TF.hflip(out) if flip else out)
 
 
-@pytest.mark.parametrize("kind", ["cifar_rgb", "fashion_mnist_mini"])
+GREY_FILL_FLIP_FIRST = T.Compose(
+    [
+        T.RandomHorizontalFlip(),
+        T.RandomCrop(32, padding=3, fill=128),
+        T.ToTensor(),
+        T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+    ]
+)
+
+
+@pytest.mark.parametrize("kind", ["cifar_rgb", "fashion_mnist_mini", "rgb_grey_fill_flip_first"])
 def test_replayed_crop_and_flip_equal_torchvision_at_the_drawn_corner(kind: str) -> None:
-    if kind == "cifar_rgb":
-        augmented = RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True))
-        pil = augmented.pil
-    else:
-        augmented = fashion_mnist_mini(split="train_full", augment=True)  # type: ignore[assignment]
+    if kind == "fashion_mnist_mini":
+        augmented: Any = fashion_mnist_mini(split="train_full", augment=True)
+        holder = augmented.base
 
         def pil(index: int) -> Image.Image:
-            return Image.fromarray(augmented.base.images[int(augmented.indices[index])])  # type: ignore[attr-defined]
+            return Image.fromarray(augmented.base.images[int(augmented.indices[index])])
 
-    steps = augmented.transform.transforms if kind == "cifar_rgb" else augmented.base.transform.transforms  # type: ignore[attr-defined]
+    else:
+        recipe = GREY_FILL_FLIP_FIRST if kind.endswith("flip_first") else None
+        augmented = RGBImages(recipe or cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True))
+        holder, pil = augmented, augmented.pil
+    steps = holder.transform.transforms
     crop = next(s for s in steps if isinstance(s, T.RandomCrop))
     tail = T.Compose([s for s in steps if isinstance(s, (T.ToTensor, T.Normalize))])
     split = DeviceSplit.read(augmented, device=CPU, augmented=True)
-    assert split.augment is not None and split.augment.pad == (4 if kind == "cifar_rgb" else 2)
+    assert split.augment is not None and split.augment.pad == crop.padding
     draws = split.draws(seed=3)
     assert draws is not None and draws.flip.any() and not draws.flip.all()
     indices = torch.arange(min(len(split), 64))
     x, _ = split.batch(indices, draws)
     for i in indices.tolist():
-        expected = _reference(pil(i), crop, int(draws.top[i]), int(draws.left[i]), bool(draws.flip[i]), tail)
+        draw = (int(draws.top[i]), int(draws.left[i]), bool(draws.flip[i]))
+        expected = _reference(pil(i), crop, draw, tail, flip_first=kind.endswith("flip_first"))
         torch.testing.assert_close(x[i], expected, rtol=0, atol=1e-6)
-    # the corners that show padding were drawn: the fill value (normalized black) is really compared
+    # the corners that show padding were drawn: the fill value (black or grey, normalized) is compared
     assert ((draws.top[indices] == 0) | (draws.left[indices] == 0)).any()
-    holder = augmented if kind == "cifar_rgb" else augmented.base  # type: ignore[attr-defined]
     assert holder.transform.transforms == steps  # the dataset's own transform is back after the read
+
+
+def test_reading_leaves_the_global_rng_as_it_was() -> None:
+    # the model is built right after the data: its initialisation must not depend on data_on_device
+    augmented = RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=True))
+    state = torch.get_rng_state()
+    DeviceSplit.read(augmented, device=CPU, augmented=True)
+    DeviceSplit.read(RGBImages(cifar_transform(CIFAR10_MEAN, CIFAR10_STD, augment=False)), device=CPU)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_draws_cover_every_corner_and_flip_half_of_the_time_and_follow_the_seed() -> None:
@@ -123,7 +148,7 @@ def test_without_augmentation_the_run_on_device_is_the_loader_run() -> None:
 def test_trainer_batches_are_the_loader_batches_with_augmentation() -> None:
     trainer = Trainer(_tiny_run(data_on_device=True, dataset_args={"augment": True}))
     trainer._setup()
-    loaded = list(trainer._loaded_batches(seed=5))
+    loaded = list(itertools.islice(trainer._loaded_batches(seed=5), trainer.steps_per_epoch))
     gathered = list(trainer._device_batches(seed=5))
     assert [len(y) for _, y in gathered] == [len(y) for _, y in loaded]
     for (_, y_loaded), (_, y_device) in zip(loaded, gathered, strict=True):
@@ -132,11 +157,45 @@ def test_trainer_batches_are_the_loader_batches_with_augmentation() -> None:
     assert changed > 0  # and they are augmented
 
 
+def test_augmented_runs_on_and_off_the_device_start_from_the_same_model() -> None:
+    models = []
+    for on_device in (False, True):
+        trainer = Trainer(_tiny_run(data_on_device=on_device, dataset_args={"augment": True}))
+        trainer._setup()
+        models.append(trainer.model.state_dict())
+    for key, value in models[0].items():
+        assert torch.equal(models[1][key], value), key
+
+
+def test_a_rank_gathers_its_slice_of_the_global_augmented_batch() -> None:
+    from cnnkit.bench.distributed import DistInfo
+
+    trainer = Trainer(_tiny_run(data_on_device=True, dataset_args={"augment": True}))
+    trainer._setup()
+    single = list(trainer._device_batches(seed=9))
+    ranks = []
+    for rank in (0, 1):
+        trainer.dist = DistInfo(rank=rank, world_size=2, local_rank=rank)
+        ranks.append(list(trainer._device_batches(seed=9)))
+    for whole, first, second in zip(single, *ranks, strict=True):
+        assert torch.equal(torch.cat([first[0], second[0]]), whole[0])  # the same images, augmented alike
+        assert torch.equal(torch.cat([first[1], second[1]]), whole[1])
+
+
 def test_a_transform_that_cannot_be_replayed_is_refused_by_name() -> None:
     with pytest.raises(DataOnDeviceError, match=r"RandomResizedCrop.*supported: RandomCrop"):
         read_augmentation(imagenet_transform(augment=True, image_size=32), image_shape=(3, 32, 32))
     with pytest.raises(DataOnDeviceError, match=r"keeps the image size \(32, 32\).*\(28, 28\)"):
         read_augmentation(T.RandomCrop(28), image_shape=(3, 32, 32))
+    flips = T.Compose([T.RandomHorizontalFlip(0.9), T.RandomHorizontalFlip(0.9), T.ToTensor()])
+    with pytest.raises(DataOnDeviceError, match="one RandomHorizontalFlip per transform.*has 2"):
+        read_augmentation(flips, image_shape=(3, 32, 32))
+    with pytest.raises(DataOnDeviceError, match=r"fill \(0, 0\) has 2 values for 3 channels"):
+        read_augmentation(
+            T.Compose([T.RandomCrop(32, 4, fill=(0, 0)), T.ToTensor()]), image_shape=(3, 32, 32)
+        )
+    with pytest.raises(DataOnDeviceError, match=r"fill 0.5; expected integers in \[0, 255\]"):
+        read_augmentation(T.Compose([T.RandomCrop(32, 4, fill=0.5), T.ToTensor()]), image_shape=(3, 32, 32))
     with pytest.raises(DataOnDeviceError, match="padding_mode='reflect'"):
         read_augmentation(T.RandomCrop(32, padding=4, padding_mode="reflect"), image_shape=(3, 32, 32))
 

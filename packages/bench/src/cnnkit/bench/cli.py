@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--data-on-device",
                 action="store_true",
-                help="hold the data on the run's device and crop/flip batches there (no loader workers)",
+                help="read the data once onto the run's device and crop/flip batches there",
             )
         if name == "sweep":
             p.add_argument("config")

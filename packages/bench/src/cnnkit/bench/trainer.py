@@ -444,7 +444,8 @@ class Trainer:
         yield from loader
 
     def _device_batches(self, seed: int) -> Iterator[Batch]:
-        """The loader's batches (the same indices, drawn by the same sampler) gathered from the device."""
+        """The loader's batches (the same indices, drawn by the same sampler) gathered on the device; the
+        epoch's indices go there in one copy, not one blocking copy per step."""
         split = self.on_device["train"]
         draws = split.draws(seed)
         positions = _loader(
@@ -456,8 +457,13 @@ class Trainer:
             shard=self.dist,
             num_workers=0,
         )
-        for indices in positions:
-            yield split.batch(indices, draws)
+        batches = list(itertools.islice(positions, self.steps_per_epoch))
+        if not batches:
+            return
+        flat = torch.cat(batches).to(split.images.device)
+        ends = list(itertools.accumulate(len(b) for b in batches))
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            yield split.batch(flat[start:end], draws)
 
     def _train_epoch(self) -> None:
         from tqdm.auto import tqdm
@@ -556,9 +562,6 @@ class Trainer:
         """Top-1 and top-5 accuracy (%) and mean cross-entropy on ``dataset`` (under DDP each rank evaluates a
         contiguous slice and the sums are all-reduced)."""
         model.eval()
-        if self.dist is not None:
-            part = distributed.shard_range(len(dataset), self.dist.rank, self.dist.world_size)  # type: ignore[arg-type]
-            dataset = Subset(dataset, list(part))
         correct1 = correct5 = 0
         loss_sum, n = 0.0, 0
         for x, y in self._eval_batches(dataset):
@@ -577,11 +580,20 @@ class Trainer:
         return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
     def _eval_batches(self, dataset: Dataset[Any]) -> Iterator[Batch]:
-        """``dataset`` in order: sliced from its device copy when the run holds one, else loaded."""
+        """``dataset`` in order (under DDP this rank's contiguous slice): sliced from its device copy when
+        the run holds one, else loaded."""
+        size = len(dataset)  # type: ignore[arg-type]
+        part = (
+            range(size)
+            if self.dist is None
+            else distributed.shard_range(size, self.dist.rank, self.dist.world_size)
+        )
         for role, split in self.on_device.items():
             if self.data.get(role) is dataset:
-                yield from split.slices(self.cfg.eval_batch_size)
+                yield from split.slices(self.cfg.eval_batch_size, part)
                 return
+        if self.dist is not None:
+            dataset = Subset(dataset, list(part))
         yield from _loader(dataset, self.cfg, shuffle=False, seed=0, batch_size=self.cfg.eval_batch_size)
 
     def _final_metrics(self) -> dict[str, Any]:

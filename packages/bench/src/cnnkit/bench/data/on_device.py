@@ -18,10 +18,11 @@ recipe, replayed exactly (the split is read through the same transform with its 
 - ``RandomHorizontalFlip(p)``, before or after the crop (the corner's distribution is symmetric).
 - Per-pixel deterministic steps: ``ToTensor``, ``PILToTensor``, ``ConvertImageDtype``, ``Normalize``.
 
-Any other transform (``RandomResizedCrop``, ``ColorJitter``, ...) is refused with an error naming it. A
-training split without a readable ``transform``, and every evaluation split, must give the same tensor on
-every read of an item; one that does not (augmentation inside ``__getitem__``) is refused too, never
-silently trained unaugmented or evaluated on one frozen draw.
+Any other transform (``RandomResizedCrop``, ``ColorJitter``, ...), or a second crop or flip, is refused
+with an error naming it. A training split without a readable ``transform``, and every evaluation split,
+must give the same tensor on two reads of each of its first 16 items; one that does not (augmentation
+inside ``__getitem__``) is refused rather than trained unaugmented or evaluated on one frozen draw (a
+check, not a proof: a rarely random item could pass it).
 
 Draws: each epoch draws one (top, left, flip) per example of the split, indexed by its position in the
 split, from a generator seeded with the epoch's data seed. A batch's augmentation therefore does not
@@ -33,7 +34,6 @@ split that does not fit in the free host or device memory is refused before it i
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -59,7 +59,7 @@ _PER_PIXEL = (T.ToTensor, T.PILToTensor, T.ConvertImageDtype, T.Normalize)
 _SUPPORTED = "RandomCrop (constant padding, size = image size), RandomHorizontalFlip, " + ", ".join(
     t.__name__ for t in _PER_PIXEL
 )
-_READS_COMPARED = 4
+_READS_COMPARED = 16
 
 
 class DataOnDeviceError(ValueError):
@@ -132,17 +132,27 @@ def _uniform_padding(crop: T.RandomCrop, size: Sequence[int]) -> int:
 
 def _fill_value(crop: T.RandomCrop, after: list[Any], channels: int) -> tuple[float, ...]:
     """A padded pixel's value after the per-pixel steps that follow the crop: a constant image of the
-    crop's ``fill`` passed through them."""
+    crop's ``fill`` passed through them (random steps, which leave a constant image as it is, skipped)."""
     from PIL import Image
 
     fill = crop.fill
-    if any(isinstance(step, (T.ToTensor, T.PILToTensor)) for step in after):
-        color = fill if isinstance(fill, int) else tuple(int(v) for v in fill)
-        image: Any = Image.new("L" if channels == 1 else "RGB", (1, 1), color)
+    values = (fill,) * channels if isinstance(fill, (int, float)) else tuple(fill)
+    if len(values) != channels:
+        raise DataOnDeviceError(
+            f"the training transform's RandomCrop fill {fill!r} has {len(values)} values for "
+            f"{channels} channels"
+        )
+    per_pixel = [step for step in after if isinstance(step, _PER_PIXEL)]
+    if any(isinstance(step, (T.ToTensor, T.PILToTensor)) for step in per_pixel):
+        if any(float(v) != int(v) or not 0 <= int(v) <= 255 for v in values):
+            raise DataOnDeviceError(
+                f"the training transform pads PIL images with fill {fill!r}; expected integers in [0, 255]"
+            )
+        color = tuple(int(v) for v in values)
+        image: Any = Image.new("L" if channels == 1 else "RGB", (1, 1), color[0] if channels == 1 else color)
     else:  # the crop works on tensors: its fill is already in tensor units
-        values = [float(fill)] * channels if isinstance(fill, (int, float)) else [float(v) for v in fill]
-        image = torch.tensor(values, dtype=torch.float32).view(channels, 1, 1)
-    for step in after:
+        image = torch.tensor([float(v) for v in values], dtype=torch.float32).view(channels, 1, 1)
+    for step in per_pixel:
         image = step(image)
     return tuple(float(v) for v in torch.as_tensor(image, dtype=torch.float32).reshape(channels))
 
@@ -156,6 +166,15 @@ def read_augmentation(transform: Any, *, image_shape: Sequence[int]) -> BatchAug
     channels, size = int(image_shape[0]), tuple(int(v) for v in image_shape[1:])
     steps = _steps(transform)
     pad, flip_p, fill = 0, 0.0, tuple[float, ...]()
+    randoms = [
+        type(step).__name__ for step in steps if isinstance(step, (T.RandomCrop, T.RandomHorizontalFlip))
+    ]
+    for name in set(randoms):
+        if randoms.count(name) > 1:
+            raise DataOnDeviceError(
+                f"data_on_device replays one {name} per transform; the training transform has "
+                f"{randoms.count(name)}. Train with data_on_device=False."
+            )
     for position, step in enumerate(steps):
         if isinstance(step, T.RandomCrop):
             pad = _uniform_padding(step, size)
@@ -226,11 +245,10 @@ def free_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def _check_fits(dataset: Dataset[Any], device: torch.device) -> None:
+def _check_fits(dataset: Dataset[Any], shape: tuple[int, ...], device: torch.device) -> None:
     """Refuse, before reading, a split that does not fit as float32 in host memory (it is read there
     first) or in the device's."""
     sized: Any = dataset
-    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
     needed = len(sized) * math.prod(shape) * 4
     places = [torch.device("cpu")] + ([device] if device.type != "cpu" else [])
     for place in places:
@@ -264,19 +282,25 @@ class DeviceSplit:
     ) -> DeviceSplit:
         """Read ``dataset`` onto ``device``. With ``augmented`` (the training split), its transform's random
         crop and flip are left out of the read and replayed per batch; otherwise (or when it has no readable
-        transform) its items must not be random, and are stored as read."""
-        holder = _transform_holder(dataset) if augmented else None
-        image_shape = torch.as_tensor(dataset[0][0]).shape
-        augment = None
-        plain: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if holder is None:
-            _check_deterministic(dataset)
-        else:
-            augment = read_augmentation(holder.transform, image_shape=image_shape)
-            plain = _transform_swapped(holder, _without_random_steps(holder.transform))
-        _check_fits(dataset, device)  # all checks before the read: a refusal comes at once
-        with plain:
-            images, labels = _read_all(dataset, num_workers=num_workers)
+        transform) its items must not be random, and are stored as read. The global RNG is left as it was
+        (the model built next initialises as without ``data_on_device``)."""
+        with torch.random.fork_rng(devices=[]):
+            holder = _transform_holder(dataset) if augmented else None
+            if holder is None:
+                _check_deterministic(dataset)
+                return cls._read_as_is(dataset, None, device, num_workers)
+            augment_steps = holder.transform
+            with _transform_swapped(holder, _without_random_steps(augment_steps)):
+                shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+                augment = read_augmentation(augment_steps, image_shape=shape)
+                return cls._read_as_is(dataset, augment, device, num_workers)
+
+    @classmethod
+    def _read_as_is(
+        cls, dataset: Dataset[Any], augment: BatchAugment | None, device: torch.device, num_workers: int
+    ) -> DeviceSplit:
+        _check_fits(dataset, tuple(torch.as_tensor(dataset[0][0]).shape), device)
+        images, labels = _read_all(dataset, num_workers=num_workers)
         return cls(images.to(device), labels.to(device), augment)
 
     def __len__(self) -> int:
@@ -297,7 +321,7 @@ class DeviceSplit:
     def batch(self, indices: Tensor, draws: Draws | None = None) -> tuple[Tensor, Tensor]:
         """Images and labels of the examples at ``indices`` (positions in the split), augmented by
         ``draws`` when given."""
-        indices = indices.to(self.images.device)
+        indices = indices.to(self.images.device)  # a no-op for the trainer, which passes device indices
         labels = self.labels[indices]
         if draws is None or self.augment is None:
             return self.images[indices], labels
@@ -324,7 +348,9 @@ class DeviceSplit:
             return picked
         return torch.where(inside[:, None], picked, self.fill.view(1, channels, 1, 1))
 
-    def slices(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The split in order, ``batch_size`` examples at a time, unaugmented (evaluation)."""
-        for start in range(0, len(self), batch_size):
-            yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+    def slices(self, batch_size: int, part: range | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The examples of ``part`` (default: all) in order, ``batch_size`` at a time, unaugmented."""
+        part = range(len(self)) if part is None else part
+        for start in range(part.start, part.stop, batch_size):
+            stop = min(start + batch_size, part.stop)
+            yield self.images[start:stop], self.labels[start:stop]
