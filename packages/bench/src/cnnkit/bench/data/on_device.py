@@ -6,8 +6,8 @@ ResNet-34 at nearly the same speed, 326 s and 346 s for 40 epochs, although the 
 work; not profiled). Here every split is read once, without augmentation, into one tensor on the device,
 and each training batch is cropped and flipped there by one gather. Measured with
 ``benchmarks/data_on_device.py`` (CIFAR-10 JPEG, batch 128, 2-core AMD EPYC, no workers): the batch stream
-alone runs 15x faster (747 against 49 batches/s); CPU training of a ResNet-18 (1.5 s per step) does not
-change (0.97x, within noise), and the one-time read costs 7 s.
+alone runs 15x faster (751 against 49 batches/s); CPU training of a ResNet-18 (1.5 s per step) does not
+change (0.98x, within noise), and the one-time read costs 7.4 s.
 
 The augmentation is read from the training split's torchvision transform, so it is the dataset's own
 recipe, replayed exactly (the split is read through the same transform with its random steps left out):
