@@ -24,10 +24,14 @@
    model in ``compressed`` mode (the fast path) side by side in one process with ``torch.utils.benchmark``
    at batch 1 and ``--latency-batch``: speed-up = dense time / HASTE time (medians of 3 interleaved
    measurements), cycling over ``--latency-images`` distinct test images (HASTE's cost depends on the
-   image). With ``--threads 1`` the clock is the process's CPU time, which other jobs on a shared machine
-   do not inflate. Each HASTE layer's compressed output is checked against its simulate output on the
-   same input (max abs difference): through the whole model, a rounding-level difference can flip a later
-   layer's hash bit, so the models' logits may differ more although every layer agrees.
+   image). Beside them, the **ceiling**: the tuned dense model with each replaced conv cut to the
+   layer's mean bucket count of input channels (a plain conv on the first channels, each conv on its
+   faster backend): the reduced convs' work at one dense conv's efficiency, with hashing, bucketing and
+   merging free, an optimistic bound for any implementation (a fused kernel included); speed-up = dense
+   time / ceiling time. With ``--threads 1`` the clock is the process's CPU time, which other jobs on a
+   shared machine do not inflate. Each HASTE layer's compressed output is checked against its simulate
+   output on the same input (max abs difference): through the whole model, a rounding-level difference
+   can flip a later layer's hash bit, so the models' logits may differ more although every layer agrees.
 
 The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 40 % FLOPs reduction at
 <= 1.5 pp accuracy drop; a real CPU speed-up >= 1.2x. Paper: -46.7 % FLOPs at -1.25 pp (ResNet-34).
@@ -255,6 +259,51 @@ def tuned_dense(
     return model, switched
 
 
+class SlicedConv(nn.Module):
+    """``conv`` over only the first ``depth`` input channels: the dense conv HASTE would run if hashing,
+    bucketing and merging cost nothing and every tile had ``depth`` buckets (the speed ceiling)."""
+
+    def __init__(self, conv: nn.Conv2d, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.conv = nn.Conv2d(
+            depth, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            bias=conv.bias is not None,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight[:, :depth])
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, : self.depth])
+
+
+def ceiling_model(dense: nn.Module, haste_model: nn.Module) -> nn.Module:
+    """A copy of ``dense`` whose HASTE-replaced convs are :class:`SlicedConv` of depth = the layer's mean
+    bucket count over the tiles it saw: the time no implementation of HASTE can beat at these buckets."""
+    from cnnkit.efficiency.haste import haste_layers
+
+    model = copy.deepcopy(dense).eval()
+    for name, layer in haste_layers(haste_model):
+        tally = layer.tally
+        depth = max(1, round(layer.in_channels * tally.bucket_fraction / max(1, tally.tiles)))
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, SlicedConv(layer, depth))
+    return model
+
+
+def tuned_ceilings(
+    args: argparse.Namespace, dense: nn.Module, haste_model: nn.Module, x: torch.Tensor, clock: Any
+) -> dict[int, nn.Module]:
+    """The ceiling model for each timed batch size, each conv on its faster backend (as the tuned dense)."""
+    ceiling = ceiling_model(dense, haste_model)
+    tuning_time = min(0.1, args.min_run_time)
+    return {
+        b: tuned_dense(ceiling, x[:b].contiguous(), clock, tuning_time)[0] for b in (1, args.latency_batch)
+    }
+
+
 def with_haste(
     args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, planes: int, seed: int = 0
 ) -> tuple[nn.Module, Any]:
@@ -364,7 +413,8 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
         top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
         stats = method.stats(model)
         gap = compressed_gap(model, x[: args.latency_batch])
-        timed = timings(args, {b: (dense, tuned[b], model) for b in tuned}, x, clock)
+        ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
+        timed = timings(args, {b: (dense, tuned[b], model, ceilings[b]) for b in tuned}, x, clock)
         rows.append((label, top1, stats, gap, timed))
         print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
     print_table(args, base, rows)
@@ -378,8 +428,9 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     )
     if not args.no_latency:
         head += (
-            " ms b1: dense / tuned / HASTE | speed-up b1 vs dense (vs tuned) | "
-            f"ms b{nb}: dense / tuned / HASTE | speed-up b{nb} vs dense (vs tuned) |"
+            " ms b1: dense / tuned / HASTE / ceiling | speed-up b1 vs dense (vs tuned) | ceiling b1 | "
+            f"ms b{nb}: dense / tuned / HASTE / ceiling | speed-up b{nb} vs dense (vs tuned) | "
+            f"ceiling b{nb} |"
         )
     print()
     print(head)
@@ -388,8 +439,9 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     print(dense_row + " - |" * (head.count("|") - dense_row.count("|")))
     for L, top1, stats, gap, timed in rows:
         cells = [
-            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} | {d / h:.2f}x ({t / h:.2f}x) |"
-            for d, t, h in timed
+            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} / {1e3 * c:.2f} | {d / h:.2f}x ({t / h:.2f}x) | "
+            f"{d / c:.2f}x |"
+            for d, t, h, c in timed
         ]
         print(
             f"| {L} | {top1:.2f} | {base - top1:.2f} | {100 * stats['flops_reduction']:.1f} % | "

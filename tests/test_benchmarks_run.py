@@ -87,6 +87,7 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel
         assert float(row[7].rstrip(" %")) > float(row[3].rstrip(" %"))  # without the overhead: a larger cut
+        assert len(row[8].split(" / ")) == 4 and float(row[10].rstrip("x")) > 0  # the ceiling, timed
     assert "tuned dense baseline, batch 1" in out
     assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
 

@@ -61,6 +61,14 @@ because hashing, bucketing, the merges and the layout copies cost about 0.1-0.2 
 reduced conv saves on CIFAR-sized maps.
 Per-image merged filters cannot be shared across a batch (they are used ``H_out·W_out`` times, the dense
 filters ``N·H_out·W_out`` times), so with large batches the dense conv stays faster on small maps.
+The ceiling (benchmarks/haste_cifar.py: each replaced conv cut to its layer's mean bucket count, i.e. the
+reduced convs' work at one dense conv's efficiency with hashing and merging free; same machine, 500 test
+images, batch 1 / 32 vs the dense model) is 1.50x / 1.15x per image (L = 12), 1.69x / 1.28x at patch 4
+(L = 12), 1.91x / 1.42x at patch 3 and 1.94x / 1.50x at patch 2 (L = 14, from stage 1), where HASTE ran
+0.94x / 0.52x, 0.57x / 0.28x, 0.26x / 0.12x and 0.23x / 0.11x. The gap is the price of dynamic merging:
+the filter merge alone reads all of a layer's weights once per tile (per image in the per-image path),
+memory traffic that the ceiling leaves out and the dense conv spreads over all pixels; so the ceiling is an
+optimistic bound, which a real implementation, a fused kernel included, stays below.
 
 In training mode a :class:`HASTEConv2d` is a plain conv: HASTE is inference-only.
 
