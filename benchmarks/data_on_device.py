@@ -28,7 +28,6 @@ The ratios ``on device / loader`` are printed last. The first line names the mac
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from pathlib import Path
@@ -88,7 +87,7 @@ def measure_data(cfg: RunConfig) -> tuple[float, float]:
     trainer._setup()
     setup = time.perf_counter() - started
     started = time.perf_counter()
-    count = sum(1 for _ in itertools.islice(trainer._batches(), cfg.max_steps_per_epoch))
+    count = sum(1 for _ in trainer._batches())  # the trainer's epoch: --steps batches
     _sync(trainer.device)
     return setup, count / (time.perf_counter() - started)
 

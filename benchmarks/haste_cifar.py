@@ -281,7 +281,8 @@ class SlicedConv(nn.Module):
 
 def ceiling_model(dense: nn.Module, haste_model: nn.Module) -> nn.Module:
     """A copy of ``dense`` whose HASTE-replaced convs are :class:`SlicedConv` of depth = the layer's mean
-    bucket count over the tiles it saw: the time no implementation of HASTE can beat at these buckets."""
+    bucket count over the tiles it saw: an optimistic bound on HASTE's time at these buckets (hashing and
+    merging free)."""
     from cnnkit.efficiency.haste import haste_layers
 
     model = copy.deepcopy(dense).eval()
@@ -293,15 +294,20 @@ def ceiling_model(dense: nn.Module, haste_model: nn.Module) -> nn.Module:
     return model
 
 
+def tuned_per_batch(
+    args: argparse.Namespace, model: nn.Module, x: torch.Tensor, clock: Any
+) -> dict[int, tuple[nn.Module, int]]:
+    """:func:`tuned_dense` of ``model`` for each timed batch size: (tuned copy, convs on oneDNN)."""
+    tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
+    return {b: tuned_dense(model, x[:b].contiguous(), clock, tuning_time) for b in (1, args.latency_batch)}
+
+
 def tuned_ceilings(
     args: argparse.Namespace, dense: nn.Module, haste_model: nn.Module, x: torch.Tensor, clock: Any
 ) -> dict[int, nn.Module]:
     """The ceiling model for each timed batch size, each conv on its faster backend (as the tuned dense)."""
-    ceiling = ceiling_model(dense, haste_model)
-    tuning_time = min(0.1, args.min_run_time)
-    return {
-        b: tuned_dense(ceiling, x[:b].contiguous(), clock, tuning_time)[0] for b in (1, args.latency_batch)
-    }
+    tuned = tuned_per_batch(args, ceiling_model(dense, haste_model), x, clock)
+    return {batch: model for batch, (model, _) in tuned.items()}
 
 
 def with_haste(
@@ -325,12 +331,11 @@ def tuned_baselines(
 ) -> dict[int, nn.Module]:
     """The tuned dense model for each timed batch size."""
     tuned = {}
-    tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
-    for batch in (1, args.latency_batch):
-        tuned[batch], switched = tuned_dense(dense, x[:batch].contiguous(), clock, tuning_time)
+    for batch, (model, switched) in tuned_per_batch(args, dense, x, clock).items():
         with torch.no_grad():
-            gap = float((tuned[batch](x[:batch]) - dense(x[:batch])).abs().max())
+            gap = float((model(x[:batch]) - dense(x[:batch])).abs().max())
         print(f"tuned dense baseline, batch {batch}: {switched} convs on oneDNN (max |diff| {gap:.1e})")
+        tuned[batch] = model
     return tuned
 
 

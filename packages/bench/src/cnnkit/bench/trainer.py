@@ -26,7 +26,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,15 +425,17 @@ class Trainer:
 
     def _batches(self) -> Iterator[Batch]:
         seed = self.cfg.seed * 100_003 + self.state.epoch
-        batches = self._device_batches(seed) if self.on_device else self._loaded_batches(seed)
+        batches: Iterable[Batch] = (
+            self._device_batches(seed) if self.on_device else self._loaded_batches(seed)
+        )
         for x, y in itertools.islice(batches, self.steps_per_epoch):  # never loads an unused batch
             x = x.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
 
-    def _loaded_batches(self, seed: int) -> Iterator[Batch]:
-        loader = _loader(
+    def _loaded_batches(self, seed: int) -> DataLoader[Any]:
+        return _loader(
             self.data["train"],
             self.cfg,
             shuffle=True,
@@ -441,7 +443,6 @@ class Trainer:
             batch_size=self.cfg.batch_size,
             shard=self.dist,
         )
-        yield from loader
 
     def _device_batches(self, seed: int) -> Iterator[Batch]:
         """The loader's batches (the same indices, drawn by the same sampler) gathered on the device; the
@@ -461,9 +462,8 @@ class Trainer:
         if not batches:
             return
         flat = torch.cat(batches).to(split.images.device)
-        ends = list(itertools.accumulate(len(b) for b in batches))
-        for start, end in zip([0, *ends[:-1]], ends, strict=True):
-            yield split.batch(flat[start:end], draws)
+        for indices in torch.split(flat, [len(b) for b in batches]):
+            yield split.batch(indices, draws)
 
     def _train_epoch(self) -> None:
         from tqdm.auto import tqdm

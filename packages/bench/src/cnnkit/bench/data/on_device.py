@@ -291,15 +291,17 @@ class DeviceSplit:
                 return cls._read_as_is(dataset, None, device, num_workers)
             augment_steps = holder.transform
             with _transform_swapped(holder, _without_random_steps(augment_steps)):
-                shape = tuple(torch.as_tensor(dataset[0][0]).shape)
-                augment = read_augmentation(augment_steps, image_shape=shape)
-                return cls._read_as_is(dataset, augment, device, num_workers)
+                return cls._read_as_is(dataset, augment_steps, device, num_workers)
 
     @classmethod
     def _read_as_is(
-        cls, dataset: Dataset[Any], augment: BatchAugment | None, device: torch.device, num_workers: int
+        cls, dataset: Dataset[Any], augment_steps: Any, device: torch.device, num_workers: int
     ) -> DeviceSplit:
-        _check_fits(dataset, tuple(torch.as_tensor(dataset[0][0]).shape), device)
+        """Check, then read ``dataset`` as its transform now stands; ``augment_steps`` (the training
+        transform, or None) is replayed per batch."""
+        shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+        augment = None if augment_steps is None else read_augmentation(augment_steps, image_shape=shape)
+        _check_fits(dataset, shape, device)
         images, labels = _read_all(dataset, num_workers=num_workers)
         return cls(images.to(device), labels.to(device), augment)
 
