@@ -43,6 +43,10 @@ The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 4
     python benchmarks/haste_cifar.py --threads 1 --hyperplanes 10 --patch 32   # per-image hashing (fastest)
     python benchmarks/haste_cifar.py --epochs 40 --device cuda --num-workers 8 --train-only   # on a GPU
     python benchmarks/haste_cifar.py --epochs 40 --no-latency --hyperplanes 8,10,12,14   # accuracy only
+    python benchmarks/haste_cifar.py --epochs 40 --no-latency --split validation --hyperplanes 14 \
+        --stage-hyperplanes 1:16,4:10 --patch 2 --start-layer 1   # tune L per stage on one half ...
+    python benchmarks/haste_cifar.py --epochs 40 --no-latency --split test --hyperplanes 14 \
+        --stage-hyperplanes 1:16,4:10 --patch 2 --start-layer 1   # ... and report on the other
     python benchmarks/haste_cifar.py --epochs 40 --device cuda --no-latency --eval-device cuda  # GPU sweep
 
 ``--patch 32`` (>= every map of a CIFAR ResNet) hashes per image and runs HASTE's per-image fast path (one
@@ -78,6 +82,15 @@ def int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def stage_map(text: str) -> dict[int, int]:
+    """``STAGE:L`` pairs, comma-separated (``2:12,4:10``), as a dict (an argparse type)."""
+    try:
+        pairs = [part.split(":") for part in text.split(",")]
+        return {int(stage): int(planes) for stage, planes in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STAGE:L pairs such as 2:12,4:10, got {text!r}") from None
 
 
 def parse_args() -> argparse.Namespace:
@@ -120,6 +133,12 @@ def parse_args() -> argparse.Namespace:
         "--hyperplanes", type=int_list, default="8,10,12,14,16", help="comma-separated values of L"
     )
     parser.add_argument(
+        "--stage-hyperplanes",
+        type=stage_map,
+        default=None,
+        help="L per stage, STAGE:L pairs (2:12,4:10), overriding --hyperplanes in those stages",
+    )
+    parser.add_argument(
         "--patch", type=int, default=4, help="HASTE output tile side P (>= 32: one tile per image)"
     )
     parser.add_argument("--sparsity", type=float, default=2 / 3, help="HASTE projection sparsity s")
@@ -134,6 +153,13 @@ def parse_args() -> argparse.Namespace:
         "--min-out-pixels", type=int, default=0, help="HASTE: leave convs with smaller output maps dense"
     )
     parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=("all", "validation", "test"),
+        help="which test images: all, or one half of the seeded shuffle (validation: the first 5,000, to "
+        "tune on; test: the other 5,000, to report on)",
+    )
     parser.add_argument("--eval-batch", type=int, default=100)
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument(
@@ -188,10 +214,15 @@ def trained_model(args: argparse.Namespace) -> tuple[nn.Module, RunConfig]:
 
 
 def test_images(args: argparse.Namespace, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of the test split (the folder is sorted by class), decoded once."""
+    """The first ``--test-images`` of a seeded shuffle of the test split (the folder is sorted by class),
+    or of one half of it (``--split``: disjoint halves, to tune on one and report on the other), decoded
+    once."""
     test = build_datasets(cfg)["test"]
     gen = torch.Generator().manual_seed(args.seed)
-    chosen = torch.randperm(len(test), generator=gen)[: args.test_images].tolist()  # type: ignore[arg-type]
+    order = torch.randperm(len(test), generator=gen)  # type: ignore[arg-type]
+    half = len(order) // 2
+    pool = {"all": order, "validation": order[:half], "test": order[half:]}[args.split]
+    chosen = pool[: args.test_images].tolist()
     loader = DataLoader(Subset(test, chosen), batch_size=256, shuffle=False)
     xs, ys = zip(*loader, strict=True)
     return torch.cat(xs), torch.cat(ys)
@@ -321,6 +352,7 @@ def with_haste(
         sparsity=args.sparsity,
         start_layer=args.start_layer,
         min_out_pixels=args.min_out_pixels,
+        stage_hyperplanes=args.stage_hyperplanes,
     )
     model = method.apply(copy.deepcopy(dense), Context(example_input=x[:2]))
     return model.eval(), method
@@ -404,7 +436,8 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     clock = time.process_time if single else time.perf_counter
     clock_name = "process CPU time (1 thread)" if single else "wall"
     print(
-        f"{len(y)} test images (seeded subset); HASTE patch={args.patch}, s={args.sparsity:.3g}, "
+        f"{len(y)} test images (seeded subset, split {args.split}); HASTE patch={args.patch}, "
+        f"s={args.sparsity:.3g}, L per stage {args.stage_hyperplanes or '-'}, "
         f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}, on {device.type}; "
         + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
     )
@@ -414,6 +447,9 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     seeds = args.haste_seeds
     for L, seed in itertools.product(args.hyperplanes, seeds):
         label = str(L) if seeds == [0] else f"{L}, seed {seed}"
+        if args.stage_hyperplanes:
+            per_stage = sorted(args.stage_hyperplanes.items())
+            label += " (" + ", ".join(f"stage {k}: {v}" for k, v in per_stage) + ")"
         model, method = with_haste(args, dense, x, L, seed)
         top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
         stats = method.stats(model)

@@ -80,10 +80,11 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         "--threads", "1",
         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--test-images", "16",
         "--eval-batch", "16", "--hyperplanes", "12", "--latency-batch", "2", "--latency-images", "2",
-        "--min-run-time", "0.01", "--haste-seeds", "0,3",
+        "--min-run-time", "0.01", "--haste-seeds", "0,3", "--split", "test", "--stage-hyperplanes", "3:10",
     )  # fmt: skip
+    assert "split test" in out and "L per stage {3: 10}" in out
     for seed in (0, 3):  # one row per projection seed
-        row = table_row(out, f"12, seed {seed}")
+        row = table_row(out, f"12, seed {seed} (stage 3: 10)")
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel
         assert float(row[7].rstrip(" %")) > float(row[3].rstrip(" %"))  # without the overhead: a larger cut

@@ -456,3 +456,31 @@ def test_inference_mode_then_autograd_both_work(patch: int) -> None:
         grads.append(x.grad)
     assert grads[0] is not None and grads[1] is not None and grads[0].abs().sum() > 0
     _assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+def test_stage_hyperplanes_set_l_per_stage_and_name_bad_stages() -> None:
+    torch.manual_seed(0)
+    ctx = make_context()
+    method = create_method("haste", start_layer=1, hyperplanes=9, stage_hyperplanes={"2": 5, 3: 7})
+    model = method.apply(TinyResNet(), ctx).eval()
+    got = {name: (layer.stage, layer.hyperplanes) for name, layer in haste_layers(model)}
+    expected_l = {1: 9, 2: 5, 3: 7}
+    assert {s for s, _ in got.values()} == {1, 2, 3}
+    assert all(planes == expected_l[stage] for stage, planes in got.values()), got
+    for name, (stage, _) in got.items():
+        assert name.startswith(f"layer{stage}.")
+    # the per-stage L is the same layer as one built with that L (same seed, same projection)
+    plain = create_method("haste", start_layer=1, hyperplanes=5).apply(TinyResNet(), ctx)
+    by_name = dict(haste_layers(plain))
+    for name, layer in haste_layers(model):
+        if layer.stage == 2:
+            assert torch.equal(layer.projection, by_name[name].projection)
+    # at inference: a mapping changes only those stages
+    set_hyperplanes(model, {3: 11})
+    assert {layer.stage: layer.hyperplanes for _, layer in haste_layers(model)} == {1: 9, 2: 5, 3: 11}
+    with pytest.raises(ValueError, match=r"stage\(s\) \[4\].*\[1, 2, 3\]"):
+        set_hyperplanes(model, {4: 3})
+    with pytest.raises(MethodNotApplicableError, match=r"stage_hyperplanes.*\[1\].*allowed stages: \[2, 3\]"):
+        create_method("haste", stage_hyperplanes={1: 4}).apply(TinyResNet(), ctx)
+    with pytest.raises(ConfigError, match="stage_hyperplanes"):
+        create_method("haste", stage_hyperplanes={2: 0})

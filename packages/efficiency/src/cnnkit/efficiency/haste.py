@@ -89,7 +89,11 @@ was seen yet, ``stats`` runs the example inputs of ``apply`` first.
 Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
 
 * ``hyperplanes`` L = 14 [choice] (an inference-time knob: :func:`set_hyperplanes` changes it in place,
-  no retraining); ``sparsity`` s = 2/3 [paper: secondary, CIFAR] (1/2 for ImageNet); ``patch`` P = 4;
+  no retraining); ``stage_hyperplanes`` = None: ``{stage: L}`` overrides L for the convs of those stages
+  (1-based, METHODS.md §1.1's stages; each layer records its ``stage``; :func:`set_hyperplanes` takes the
+  same mapping at inference) [choice: the paper steers one L; per stage, a stage whose merging costs
+  little accuracy can merge more, tuned on validation data]; ``sparsity`` s = 2/3 [paper: secondary,
+  CIFAR] (1/2 for ImageNet); ``patch`` P = 4;
   ``seed`` of the projections (layer ``i`` of the replaced convs, in model order, uses ``seed·1000003 + i``;
   R is a non-persistent buffer rebuilt from it); ``resample_zero_columns`` = True; ``centre`` = True;
   ``hash_test`` = ``"strict"`` (``>``; ``"nonstrict"``: ``≥``).
@@ -119,7 +123,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -177,6 +181,9 @@ class HASTEConfig(MethodConfig):
     """Configuration of :class:`HASTE` (defaults: METHODS.md §8h)."""
 
     hyperplanes: int = Field(14, ge=1, le=64, description="L: random hyperplanes per hash (bits per code)")
+    stage_hyperplanes: dict[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1, le=64)]] | None = Field(
+        None, description="L per stage number (1-based), overriding hyperplanes for the convs of those stages"
+    )
     sparsity: float = Field(2 / 3, ge=0.0, lt=1.0, description="s = P(0) of the ternary projection entries")
     patch: int = Field(
         4,
@@ -297,6 +304,7 @@ class HASTEConv2d(nn.Conv2d):
         self.resample_zero_columns = bool(resample_zero_columns)
         self.mode: Mode = mode
         self.chunk_mb = float(chunk_mb)
+        self.stage: int | None = None  # the model stage (1-based) the conv sits in; set by HASTE.apply
         self._tally = _Tally()
         self._pending: list[tuple[Tensor, int, int]] = []
         self._costs: dict[tuple[int, int], _TileCosts] = {}
@@ -549,7 +557,7 @@ class HASTEConv2d(nn.Conv2d):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.k_hw}, stride={self.s_hw}, "
             f"padding={self.p_hw}, dilation={self.d_hw}, bias={self.bias is not None}, "
             f"hyperplanes={self.hyperplanes}, sparsity={self.sparsity:.4g}, "
-            f"patch={self.patch}, mode={self.mode!r}"
+            f"patch={self.patch}, mode={self.mode!r}" + (f", stage={self.stage}" if self.stage else "")
         )
 
 
@@ -573,11 +581,35 @@ def haste_layers(model: nn.Module) -> list[tuple[str, HASTEConv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, HASTEConv2d)]
 
 
-def set_hyperplanes(model: nn.Module, hyperplanes: int) -> nn.Module:
-    """Change L of every HASTE conv in place (inference-time knob; projections redrawn from their seeds)."""
-    for _, layer in haste_layers(model):
+def set_hyperplanes(model: nn.Module, hyperplanes: int | Mapping[int, int]) -> nn.Module:
+    """Change L of the HASTE convs in place (inference-time knob; projections redrawn from their seeds).
+
+    ``hyperplanes``: one L for every HASTE conv, or ``{stage: L}`` for the convs of those stages (1-based
+    stage numbers, as recorded by :meth:`HASTE.apply`); the other convs keep their L.
+
+    Raises:
+        ValueError: a stage with no HASTE conv (the message lists the stages that have one).
+    """
+    layers = haste_layers(model)
+    if isinstance(hyperplanes, Mapping):
+        _check_stages(layers, hyperplanes, "hyperplanes")
+        for _, layer in layers:
+            if layer.stage is not None and layer.stage in hyperplanes:
+                layer.set_hyperplanes(hyperplanes[layer.stage])
+        return model
+    for _, layer in layers:
         layer.set_hyperplanes(hyperplanes)
     return model
+
+
+def _check_stages(layers: list[tuple[str, HASTEConv2d]], per_stage: Mapping[int, int], what: str) -> None:
+    """Every stage of ``per_stage`` must hold a HASTE conv, else a ValueError naming ``what``."""
+    present = sorted({layer.stage for _, layer in layers if layer.stage is not None})
+    unknown = sorted(set(per_stage) - set(present))
+    if unknown:
+        raise ValueError(
+            f"{what}: stage(s) {unknown} have no HASTE conv; the stages with HASTE convs are {present}"
+        )
 
 
 def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
@@ -651,6 +683,18 @@ def _dense_macs(model: nn.Module, example: Tensor) -> tuple[int, dict[int, int],
         for m, training in modes:
             m.training = training
     return sum(macs.values()), macs, pixels
+
+
+def _stage_value(per_stage: Mapping[int, int], stage: int | None, default: int) -> int:
+    return per_stage.get(stage, default) if stage is not None else default
+
+
+def _stage_number(name: str, stages: list[list[str]]) -> int | None:
+    """The 1-based stage whose modules contain the module ``name``, or ``None``."""
+    for number, prefixes in enumerate(stages, start=1):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return number
+    return None
 
 
 def _percentile(values: Tensor, q: float) -> float:
@@ -763,10 +807,12 @@ class HASTE(Method):
         self._model_macs = float(total)
         self._layer_macs = float(sum(per_module.get(id(conv), 0) for _, conv in chosen))
         self._example = ctx.example_input[:8].detach().clone()
+        stages = self._stages_of(model, ctx.example_input, [name for name, _ in chosen])
+        planes = cfg.stage_hyperplanes or {}
         for index, (_, conv) in enumerate(chosen):
             layer = HASTEConv2d(
                 conv,
-                hyperplanes=cfg.hyperplanes,
+                hyperplanes=_stage_value(planes, stages[index], cfg.hyperplanes),
                 sparsity=cfg.sparsity,
                 patch=cfg.patch,
                 seed=cfg.seed * 1_000_003 + index,
@@ -776,8 +822,29 @@ class HASTE(Method):
                 mode=cfg.mode,
                 chunk_mb=cfg.chunk_mb,
             )
+            layer.stage = stages[index]
             _replace(model, conv, layer)
         return model
+
+    def _stages_of(self, model: nn.Module, example: Tensor, names: list[str]) -> list[int | None]:
+        """The stage number (1-based) of each conv in ``names``, ``None`` outside every stage; checks that
+        each stage of ``stage_hyperplanes`` holds a replaced conv."""
+        per_stage = self.config.stage_hyperplanes
+        try:
+            stages = stage_names(model, example)
+        except ValueError as exc:
+            if per_stage:
+                raise MethodNotApplicableError(f"haste: config field 'stage_hyperplanes': {exc}") from exc
+            return [None] * len(names)
+        found = [_stage_number(name, stages) for name in names]
+        present = sorted({s for s in found if s is not None})
+        unknown = sorted(set(per_stage or {}) - set(present))
+        if unknown:
+            raise MethodNotApplicableError(
+                f"haste: config field 'stage_hyperplanes' names stage(s) {unknown} with no replaced conv; "
+                f"allowed stages: {present}"
+            )
+        return found
 
     def export(self, model: nn.Module) -> nn.Module:
         """The model with its cost tallies reset, otherwise unchanged: the HASTE convs *are* the inference
