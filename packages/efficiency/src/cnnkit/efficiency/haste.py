@@ -51,6 +51,12 @@ draw matters about as much as one step of L: on that ResNet-34 (patch 2 from sta
 worst draw merged far more in stage 1 (52 % against 37 % of the first conv's FLOPs, against seed 1) and lost
 4.3 pp where the L = 14 draws lost 1.2 to 2.5 at a similar cut. Compare a few seeds on validation data before
 fixing one.
+L per stage (``stage_hyperplanes``) [measured, same ResNet-34, patch 2 from stage 1, CPU; tuned on the first
+5,000 of the shuffled test images, reported on the other 5,000, ``haste_cifar.py --split``]: from L = 16
+everywhere (2,000 validation images), L = 10 in stage 4 added 2.9 points of model FLOPs cut for +0.25 pp,
+L = 12 in stage 1 added 2.0 points for +1.3 pp. On the test half, L = (16, 14, 14, 10) for stages 1-4 cut
+39.3 % at −1.74 pp and (16, 14, 13, 10) 39.8 % at −2.16, against one L = 14: 38.4 % at −1.84. A gain of about
+one point at the same drop, the size of the projection draw's spread; later stages tolerate more merging.
 
 In wall-clock on a CPU (that ResNet-34, one thread of a 2-core AMD EPYC, batch 1 / 32 vs the dense model):
 per image, L = 12: 0.93x / 0.49x; patch 4, L = 12: 0.55x / 0.27x; patch 3 from stage 1, L = 14: 0.24x /
