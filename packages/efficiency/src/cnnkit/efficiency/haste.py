@@ -129,7 +129,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -608,10 +608,16 @@ def set_hyperplanes(model: nn.Module, hyperplanes: int | Mapping[int, int]) -> n
     return model
 
 
+def _missing_stages(found: Iterable[int | None], per_stage: Mapping[int, int]) -> tuple[list[int], list[int]]:
+    """The stages of ``per_stage`` not among ``found`` (the stages that hold a HASTE conv), and ``found``'s
+    stages, both sorted."""
+    present = sorted({stage for stage in found if stage is not None})
+    return sorted(set(per_stage) - set(present)), present
+
+
 def _check_stages(layers: list[tuple[str, HASTEConv2d]], per_stage: Mapping[int, int], what: str) -> None:
     """Every stage of ``per_stage`` must hold a HASTE conv, else a ValueError naming ``what``."""
-    present = sorted({layer.stage for _, layer in layers if layer.stage is not None})
-    unknown = sorted(set(per_stage) - set(present))
+    unknown, present = _missing_stages((layer.stage for _, layer in layers), per_stage)
     if unknown:
         raise ValueError(
             f"{what}: stage(s) {unknown} have no HASTE conv; the stages with HASTE convs are {present}"
@@ -843,8 +849,7 @@ class HASTE(Method):
                 raise MethodNotApplicableError(f"haste: config field 'stage_hyperplanes': {exc}") from exc
             return [None] * len(names)
         found = [_stage_number(name, stages) for name in names]
-        present = sorted({s for s in found if s is not None})
-        unknown = sorted(set(per_stage or {}) - set(present))
+        unknown, present = _missing_stages(found, per_stage or {})
         if unknown:
             raise MethodNotApplicableError(
                 f"haste: config field 'stage_hyperplanes' names stage(s) {unknown} with no replaced conv; "
