@@ -213,16 +213,21 @@ def trained_model(args: argparse.Namespace) -> tuple[nn.Module, RunConfig]:
     return model.eval(), cfg
 
 
+def split_indices(total: int, count: int, split: str, seed: int) -> list[int]:
+    """The first ``count`` of a seeded shuffle of ``range(total)``, or of its first (``"validation"``) or
+    second (``"test"``) half: the two halves never share an index."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    half = total // 2
+    pool = {"all": order, "validation": order[:half], "test": order[half:]}[split]
+    return [int(i) for i in pool[:count]]
+
+
 def test_images(args: argparse.Namespace, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``--test-images`` of a seeded shuffle of the test split (the folder is sorted by class),
     or of one half of it (``--split``: disjoint halves, to tune on one and report on the other), decoded
     once."""
     test = build_datasets(cfg)["test"]
-    gen = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(test), generator=gen)  # type: ignore[arg-type]
-    half = len(order) // 2
-    pool = {"all": order, "validation": order[:half], "test": order[half:]}[args.split]
-    chosen = pool[: args.test_images].tolist()
+    chosen = split_indices(len(test), args.test_images, args.split, args.seed)  # type: ignore[arg-type]
     loader = DataLoader(Subset(test, chosen), batch_size=256, shuffle=False)
     xs, ys = zip(*loader, strict=True)
     return torch.cat(xs), torch.cat(ys)

@@ -93,6 +93,17 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
     assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
 
 
+def test_haste_cifar_splits_the_test_images_into_disjoint_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from haste_cifar import split_indices
+
+    validation, test = (split_indices(10_000, 10_000, s, seed=0) for s in ("validation", "test"))
+    assert len(validation) == len(test) == 5_000 and not set(validation) & set(test)
+    assert sorted(validation + test) == list(range(10_000))
+    assert split_indices(10_000, 100, "test", seed=0) == test[:100]  # --test-images caps within the half
+    assert split_indices(10_000, 10_000, "all", seed=0) != list(range(10_000))  # shuffled
+
+
 def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
     proc = benchmark_process("haste_cifar", "--eval-device", "cuda", "--cache-dir", str(tmp_path))
     assert proc.returncode != 0

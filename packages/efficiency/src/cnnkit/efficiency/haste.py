@@ -598,7 +598,11 @@ def set_hyperplanes(model: nn.Module, hyperplanes: int | Mapping[int, int]) -> n
     """
     layers = haste_layers(model)
     if isinstance(hyperplanes, Mapping):
-        _check_stages(layers, hyperplanes, "hyperplanes")
+        unknown, present = _missing_stages((layer.stage for _, layer in layers), hyperplanes)
+        if unknown:
+            raise ValueError(
+                f"hyperplanes: stage(s) {unknown} have no HASTE conv; stages with HASTE convs: {present}"
+            )
         for _, layer in layers:
             if layer.stage is not None and layer.stage in hyperplanes:
                 layer.set_hyperplanes(hyperplanes[layer.stage])
@@ -613,15 +617,6 @@ def _missing_stages(found: Iterable[int | None], per_stage: Mapping[int, int]) -
     stages, both sorted."""
     present = sorted({stage for stage in found if stage is not None})
     return sorted(set(per_stage) - set(present)), present
-
-
-def _check_stages(layers: list[tuple[str, HASTEConv2d]], per_stage: Mapping[int, int], what: str) -> None:
-    """Every stage of ``per_stage`` must hold a HASTE conv, else a ValueError naming ``what``."""
-    unknown, present = _missing_stages((layer.stage for _, layer in layers), per_stage)
-    if unknown:
-        raise ValueError(
-            f"{what}: stage(s) {unknown} have no HASTE conv; the stages with HASTE convs are {present}"
-        )
 
 
 def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
