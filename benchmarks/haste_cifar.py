@@ -28,10 +28,14 @@
    layer's mean bucket count of input channels (a plain conv on the first channels, each conv on its
    faster backend): the reduced convs' work at one dense conv's efficiency, with hashing, bucketing and
    merging free, an optimistic bound for any implementation (a fused kernel included); speed-up = dense
-   time / ceiling time. With ``--threads 1`` the clock is the process's CPU time, which other jobs on a
-   shared machine do not inflate. Each HASTE layer's compressed output is checked against its simulate
-   output on the same input (max abs difference): through the whole model, a rounding-level difference
-   can flip a later layer's hash bit, so the models' logits may differ more although every layer agrees.
+   time / ceiling time. The ceiling's sliced weights are smaller than the layer's (cache-resident where the
+   full ones are not), so beside it the **merge bound**: the ceiling plus one read of each replaced conv's
+   whole weight per tile of each image, the filter merge's irreducible memory traffic (every filter slice
+   is summed into some bucket), a tighter optimistic bound. With ``--threads 1`` the clock is the process's
+   CPU time, which other jobs on a shared machine do not inflate. Each HASTE layer's compressed output
+   is checked against its simulate output on the same input (max abs difference): through the whole
+   model, a rounding-level difference can flip a later layer's hash bit, so the models' logits may differ
+   more although every layer agrees.
 
 The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 40 % FLOPs reduction at
 <= 1.5 pp accuracy drop; a real CPU speed-up >= 1.2x. Paper: -46.7 % FLOPs at -1.25 pp (ResNet-34).
@@ -297,11 +301,16 @@ def tuned_dense(
 
 class SlicedConv(nn.Module):
     """``conv`` over only the first ``depth`` input channels: the dense conv HASTE would run if hashing,
-    bucketing and merging cost nothing and every tile had ``depth`` buckets (the speed ceiling)."""
+    bucketing and merging cost nothing and every tile had ``depth`` buckets (the speed ceiling).
 
-    def __init__(self, conv: nn.Conv2d, depth: int) -> None:
+    With ``reads`` > 0 it also reads ``conv``'s whole weight ``reads`` times per image (a sum, result
+    unused): the filter merge's irreducible memory traffic, since every filter slice belongs to some bucket
+    and so is read once per tile (the merge bound)."""
+
+    def __init__(self, conv: nn.Conv2d, depth: int, reads: int = 0) -> None:
         super().__init__()
         self.depth = depth
+        self.reads = reads
         self.conv = nn.Conv2d(
             depth, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             bias=conv.bias is not None,
@@ -310,8 +319,12 @@ class SlicedConv(nn.Module):
             self.conv.weight.copy_(conv.weight[:, :depth])
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias)
+        self.register_buffer("full_weight", conv.weight.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reads:
+            times = x.shape[0] * self.reads
+            self.full_weight.expand(times, *self.full_weight.shape).sum()
         return self.conv(x[:, : self.depth])
 
 
@@ -327,6 +340,21 @@ def ceiling_model(dense: nn.Module, haste_model: nn.Module) -> nn.Module:
         depth = max(1, round(layer.in_channels * tally.bucket_fraction / max(1, tally.tiles)))
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, SlicedConv(layer, depth))
+    return model
+
+
+def merge_bound(ceiling: nn.Module, haste_model: nn.Module) -> nn.Module:
+    """A copy of the (tuned) ``ceiling`` whose sliced convs also read their full weight once per tile of
+    each image: the ceiling plus the filter merge's memory traffic, a tighter optimistic bound (a fused
+    kernel included) that the ceiling's small, cache-resident sliced weights leave out."""
+    from cnnkit.efficiency.haste import haste_layers
+
+    layers = haste_layers(haste_model)
+    tiles = {name: layer.tally.tiles // max(1, layer.tally.images) for name, layer in layers}
+    model = copy.deepcopy(ceiling)
+    for name, module in model.named_modules():
+        if isinstance(module, SlicedConv):
+            module.reads = max(1, tiles[name])
     return model
 
 
@@ -460,7 +488,8 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
         stats = method.stats(model)
         gap = compressed_gap(model, x[: args.latency_batch])
         ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
-        timed = timings(args, {b: (dense, tuned[b], model, ceilings[b]) for b in tuned}, x, clock)
+        bounds = {b: merge_bound(ceilings[b], model) for b in ceilings}
+        timed = timings(args, {b: (dense, tuned[b], model, ceilings[b], bounds[b]) for b in tuned}, x, clock)
         rows.append((label, top1, stats, gap, timed))
         print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
     print_table(args, base, rows)
@@ -474,9 +503,10 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     )
     if not args.no_latency:
         head += (
-            " ms b1: dense / tuned / HASTE / ceiling | speed-up b1 vs dense (vs tuned) | ceiling b1 | "
-            f"ms b{nb}: dense / tuned / HASTE / ceiling | speed-up b{nb} vs dense (vs tuned) | "
-            f"ceiling b{nb} |"
+            " ms b1: dense / tuned / HASTE / ceiling / merge bound | speed-up b1 vs dense (vs tuned) | "
+            "ceiling / merge bound b1 vs dense (vs tuned) | "
+            f"ms b{nb}: dense / tuned / HASTE / ceiling / merge bound | speed-up b{nb} vs dense (vs tuned) | "
+            f"ceiling / merge bound b{nb} vs dense (vs tuned) |"
         )
     print()
     print(head)
@@ -485,9 +515,9 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     print(dense_row + " - |" * (head.count("|") - dense_row.count("|")))
     for L, top1, stats, gap, timed in rows:
         cells = [
-            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} / {1e3 * c:.2f} | {d / h:.2f}x ({t / h:.2f}x) | "
-            f"{d / c:.2f}x |"
-            for d, t, h, c in timed
+            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} / {1e3 * c:.2f} / {1e3 * m:.2f} | "
+            f"{d / h:.2f}x ({t / h:.2f}x) | {d / c:.2f}x / {d / m:.2f}x ({t / c:.2f}x / {t / m:.2f}x) |"
+            for d, t, h, c, m in timed
         ]
         print(
             f"| {L} | {top1:.2f} | {base - top1:.2f} | {100 * stats['flops_reduction']:.1f} % | "

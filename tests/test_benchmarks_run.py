@@ -88,7 +88,9 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel
         assert float(row[7].rstrip(" %")) > float(row[3].rstrip(" %"))  # without the overhead: a larger cut
-        assert len(row[8].split(" / ")) == 4 and float(row[10].rstrip("x")) > 0  # the ceiling, timed
+        assert len(row[8].split(" / ")) == 5  # dense, tuned, HASTE, ceiling and merge bound, timed
+        ceiling, bound = (float(v.rstrip("x")) for v in row[10].split(" (")[0].split(" / "))
+        assert ceiling > 0 and bound > 0
     assert "tuned dense baseline, batch 1" in out
     assert list(tmp_path.glob("resnet20-*/checkpoint.pt"))  # the trained model is cached
 
@@ -102,6 +104,36 @@ def test_haste_cifar_splits_the_test_images_into_disjoint_halves(monkeypatch: py
     assert sorted(validation + test) == list(range(10_000))
     assert split_indices(10_000, 100, "test", seed=0) == test[:100]  # --test-images caps within the half
     assert split_indices(10_000, 10_000, "all", seed=0) != list(range(10_000))  # shuffled
+
+
+def test_haste_cifar_merge_bound_reads_the_full_weight_per_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    import torch
+    from torch import nn
+
+    from cnnkit.core import Context, create_method
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from haste_cifar import SlicedConv, ceiling_model, merge_bound
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(3, 8, 8, 8)
+    method = create_method("haste", start_layer="0", patch=4, hyperplanes=4)
+    model = method.apply(copy.deepcopy(dense), Context(example_input=x)).eval()
+    with torch.no_grad():
+        model(x)
+    ceiling = ceiling_model(dense, model)
+    bound = merge_bound(ceiling, model)
+    sliced = {name: m for name, m in bound.named_modules() if isinstance(m, SlicedConv)}
+    assert sorted(sliced) == ["0", "2"]
+    assert all(m.reads == 4 for m in sliced.values())  # 8x8 output maps in 4x4 tiles: 4 per image
+    assert all(m.reads == 0 for m in ceiling.modules() if isinstance(m, SlicedConv))  # the ceiling is kept
+    for name, m in sliced.items():  # the full weight is read, not the sliced one
+        assert torch.equal(m.full_weight, dense.get_submodule(name).weight)
+    with torch.no_grad():
+        assert torch.equal(bound(x), ceiling(x))  # the reads cost time only
 
 
 def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
