@@ -75,6 +75,22 @@ images, batch 1 / 32 vs the dense model) is 1.50x / 1.15x per image (L = 12), 1.
 the filter merge alone reads all of a layer's weights once per tile (per image in the per-image path),
 memory traffic that the ceiling leaves out and the dense conv spreads over all pixels; so the ceiling is an
 optimistic bound, which a real implementation, a fused kernel included, stays below.
+The **merge bound** adds that traffic: the ceiling plus one read of each replaced conv's full weight per
+tile of each image (benchmarks/haste_cifar.py; same machine, 1,000 images of the test half, batch 1 / 32;
+"tuned" is the dense model with each conv on the faster of PyTorch's backend and oneDNN). At patch 2 from
+stage 1, L = 14 (38.6 % of the FLOPs cut), it is 1.00x / 0.68x the dense model and 0.88x / 0.68x the tuned
+one: no implementation of that setting beats the dense model on this CPU, so the FLOPs goal and a CPU
+speed-up cannot come from one setting here. The setting with a real speed-up is per image in the last
+stage only (``patch=32, start_layer=4``): L = 8 cuts 13.6 % of the FLOPs at −0.72 pp (all 5,000 images of
+the test half; L chosen on the validation half, where L = 7 lost 2.5 pp) and runs 1.16x / 0.98x the dense
+model, but only 0.98x the tuned one (its gain on the dense model is mostly the backend), against a merge
+bound of 1.44x (1.21x tuned). Per image from stage 3 (L = 13, stage 4: 8) cuts 17.3 % at −2.0 pp (1,000
+images) and runs 1.03x (0.93x tuned) against a bound of 1.35x (1.22x tuned). There the gap to the bound is
+the per-layer cost of hashing, sorting, layout copies and odd-depth GEMMs, which only a fused kernel could
+close. Larger tiles in stages 3 and 4 (patch 4, which makes the filter merge four times cheaper per
+output pixel) lost more than the overhead they saved: from L = (16, 14, 13, 10) at patch 2 (39.8 % at
+−1.50 pp, 2,000 validation images), patch 4 in stage 4 gave 39.3 % at −1.75, in stage 3 (L = 11) 37.1 % at
+−3.55. So did the projection seed: seeds 1 to 7 of that setting cut 40.4 to 41.3 % at −1.85 to −3.50 pp.
 
 In training mode a :class:`HASTEConv2d` is a plain conv: HASTE is inference-only.
 
