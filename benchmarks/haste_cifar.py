@@ -303,14 +303,14 @@ class SlicedConv(nn.Module):
     """``conv`` over only the first ``depth`` input channels: the dense conv HASTE would run if hashing,
     bucketing and merging cost nothing and every tile had ``depth`` buckets (the speed ceiling).
 
-    With ``reads`` > 0 it also reads ``conv``'s whole weight ``reads`` times per image (a sum, result
-    unused): the filter merge's irreducible memory traffic, since every filter slice belongs to some bucket
-    and so is read once per tile (the merge bound)."""
+    With ``reads`` > 0 (set by :func:`merge_bound`) it also reads ``conv``'s whole weight ``reads`` times
+    per image (a sum, result unused): the filter merge's irreducible memory traffic, since every filter
+    slice belongs to some bucket and so is read once per tile (the merge bound)."""
 
-    def __init__(self, conv: nn.Conv2d, depth: int, reads: int = 0) -> None:
+    def __init__(self, conv: nn.Conv2d, depth: int) -> None:
         super().__init__()
         self.depth = depth
-        self.reads = reads
+        self.reads = 0
         self.conv = nn.Conv2d(
             depth, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             bias=conv.bias is not None,
