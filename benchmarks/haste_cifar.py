@@ -319,7 +319,7 @@ class SlicedConv(nn.Module):
             self.conv.weight.copy_(conv.weight[:, :depth])
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias)
-        self.register_buffer("full_weight", conv.weight.detach().clone())
+        self.register_buffer("full_weight", conv.weight.detach())  # shared with conv: read, never written
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reads:
