@@ -62,7 +62,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
+import json
 import statistics
 import time
 from pathlib import Path
@@ -76,6 +78,7 @@ from torch.utils.data import DataLoader, Subset
 from cnnkit.bench.runconfig import RunConfig
 from cnnkit.bench.trainer import build_datasets, build_model, run
 from cnnkit.core import Context, create_method
+from cnnkit.efficiency.haste_tuning import Sensitivity, allocate_hyperplanes, layer_sensitivity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +98,17 @@ def stage_map(text: str) -> dict[int, int]:
         return {int(stage): int(planes) for stage, planes in pairs}
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected STAGE:L pairs such as 2:12,4:10, got {text!r}") from None
+
+
+def fraction_list(text: str) -> list[float]:
+    """Comma-separated fractions in (0, 1) (an argparse type)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in (0, 1), got {text!r}")
+    return values
 
 
 def parse_args() -> argparse.Namespace:
@@ -155,6 +169,22 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--min-out-pixels", type=int, default=0, help="HASTE: leave convs with smaller output maps dense"
+    )
+    parser.add_argument(
+        "--allocate",
+        type=fraction_list,
+        default=None,
+        help="targets of the model's FLOPs reduction (0.40,0.42): one row each, with L per layer chosen from "
+        "per-layer sensitivities on the validation half (cnnkit.efficiency.haste_tuning), whatever --split",
+    )
+    parser.add_argument(
+        "--allocate-images", type=int, default=1000, help="validation images for the per-layer sensitivities"
+    )
+    parser.add_argument(
+        "--allocate-candidates",
+        type=int_list,
+        default="8,10,12,14,16",
+        help="the values of L a layer may take",
     )
     parser.add_argument("--test-images", type=int, default=1000)
     parser.add_argument(
@@ -375,7 +405,12 @@ def tuned_ceilings(
 
 
 def with_haste(
-    args: argparse.Namespace, dense: nn.Module, x: torch.Tensor, planes: int, seed: int = 0
+    args: argparse.Namespace,
+    dense: nn.Module,
+    x: torch.Tensor,
+    planes: int,
+    seed: int = 0,
+    layer_hyperplanes: dict[str, int] | None = None,
 ) -> tuple[nn.Module, Any]:
     method = create_method(
         "haste",
@@ -386,6 +421,7 @@ def with_haste(
         start_layer=args.start_layer,
         min_out_pixels=args.min_out_pixels,
         stage_hyperplanes=args.stage_hyperplanes,
+        layer_hyperplanes=layer_hyperplanes,
     )
     model = method.apply(copy.deepcopy(dense), Context(example_input=x[:2]))
     return model.eval(), method
@@ -483,16 +519,69 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
         if args.stage_hyperplanes:
             per_stage = sorted(args.stage_hyperplanes.items())
             label += " (" + ", ".join(f"stage {k}: {v}" for k, v in per_stage) + ")"
-        model, method = with_haste(args, dense, x, L, seed)
-        top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
-        stats = method.stats(model)
-        gap = compressed_gap(model, x[: args.latency_batch])
-        ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
-        bounds = {b: merge_bound(ceilings[b], model) for b in ceilings}
-        timed = timings(args, {b: (dense, tuned[b], model, ceilings[b], bounds[b]) for b in tuned}, x, clock)
-        rows.append((label, top1, stats, gap, timed))
-        print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
+        rows.append(evaluate_row(args, dense, x, y, tuned, clock, label, with_haste(args, dense, x, L, seed)))
+    for target, per_layer in layer_allocations(args, dense, cfg, device):
+        label = f"per layer, {100 * target:.0f} % predicted"
+        print(f"  L per layer ({label}): {json.dumps(per_layer)}")
+        haste = with_haste(args, dense, x, args.hyperplanes[0], seeds[0], per_layer)
+        rows.append(evaluate_row(args, dense, x, y, tuned, clock, label, haste))
     print_table(args, base, rows)
+
+
+def evaluate_row(
+    args: argparse.Namespace,
+    dense: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tuned: dict[int, nn.Module],
+    clock: Any,
+    label: str,
+    haste: tuple[nn.Module, Any],
+) -> tuple[Any, ...]:
+    """One table row: accuracy and FLOPs of the HASTE model (simulate mode), its paths' agreement and the
+    timings."""
+    model, method = haste
+    top1 = accuracy(model, x, y, args.eval_batch)  # simulate mode: the reference path
+    stats = method.stats(model)
+    gap = compressed_gap(model, x[: args.latency_batch])
+    ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
+    bounds = {b: merge_bound(ceilings[b], model) for b in ceilings}
+    timed = timings(args, {b: (dense, tuned[b], model, ceilings[b], bounds[b]) for b in tuned}, x, clock)
+    print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
+    return (label, top1, stats, gap, timed)
+
+
+def layer_allocations(
+    args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, device: torch.device
+) -> list[tuple[float, dict[str, int]]]:
+    """For each ``--allocate`` target, L per layer (:func:`allocate_hyperplanes`) from the sensitivities."""
+    if not args.allocate:
+        return []
+    sensitivity = validation_sensitivity(args, dense, cfg, device)
+    return [(target, allocate_hyperplanes(sensitivity, target)) for target in args.allocate]
+
+
+def validation_sensitivity(
+    args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, device: torch.device
+) -> Sensitivity:
+    """Per-layer sensitivities (:func:`layer_sensitivity`) on the first ``--allocate-images`` of the
+    validation half, never the test half; cached as JSON beside the checkpoint under the settings."""
+    settings = [args.patch, args.sparsity, args.start_layer, args.min_out_pixels, args.haste_seeds[0]]
+    settings += [args.allocate_candidates, args.allocate_images, args.seed]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+    path = Path(args.cache_dir) / f"{cfg.model}-{cfg.key()}" / f"sensitivity-{key}.json"
+    if path.exists():
+        print(f"reusing the per-layer sensitivities in {path}")
+        return Sensitivity.from_dict(json.loads(path.read_text()))
+    chosen = argparse.Namespace(**{**vars(args), "split": "validation", "test_images": args.allocate_images})
+    x, _ = test_images(chosen, cfg)
+    x = x.to(device)
+    model, _ = with_haste(args, dense, x, args.hyperplanes[0], args.haste_seeds[0])
+    started = time.perf_counter()
+    sensitivity = layer_sensitivity(model, x, args.allocate_candidates, args.eval_batch)
+    print(f"per-layer sensitivities on {len(x)} validation images in {time.perf_counter() - started:.0f} s")
+    path.write_text(json.dumps(sensitivity.to_dict()))
+    return sensitivity
 
 
 def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...]]) -> None:

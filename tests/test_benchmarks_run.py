@@ -7,6 +7,7 @@ it promises, and that the numbers it checks itself (agreement of two paths, para
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -81,10 +82,15 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--test-images", "16",
         "--eval-batch", "16", "--hyperplanes", "12", "--latency-batch", "2", "--latency-images", "2",
         "--min-run-time", "0.01", "--haste-seeds", "0,3", "--split", "test", "--stage-hyperplanes", "3:10",
+        "--allocate", "0.01", "--allocate-images", "8", "--allocate-candidates", "4,12",
     )  # fmt: skip
     assert "split test" in out and "L per stage {3: 10}" in out
-    for seed in (0, 3):  # one row per projection seed
-        row = table_row(out, f"12, seed {seed} (stage 3: 10)")
+    per_layer = json.loads(re.search(r"L per layer \(per layer, 1 % predicted\): (\{.*\})", out).group(1))
+    assert per_layer and set(per_layer.values()) <= {4, 12}
+    assert "per-layer sensitivities on 8 validation images" in out
+    assert list(tmp_path.glob("resnet20-*/sensitivity-*.json"))  # cached beside the checkpoint
+    for label in ("12, seed 0 (stage 3: 10)", "12, seed 3 (stage 3: 10)", "per layer, 1 % predicted"):
+        row = table_row(out, label)
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel
         assert float(row[7].rstrip(" %")) > float(row[3].rstrip(" %"))  # without the overhead: a larger cut

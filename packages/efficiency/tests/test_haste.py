@@ -484,3 +484,40 @@ def test_stage_hyperplanes_set_l_per_stage_and_name_bad_stages() -> None:
         create_method("haste", stage_hyperplanes={1: 4}).apply(TinyResNet(), ctx)
     with pytest.raises(ConfigError, match="stage_hyperplanes"):
         create_method("haste", stage_hyperplanes={2: 0})
+
+
+def test_layer_hyperplanes_set_l_per_conv_and_name_bad_convs() -> None:
+    torch.manual_seed(0)
+    ctx = make_context()
+    names = [
+        name for name, _ in create_method("haste", start_layer=1).select(TinyResNet(), ctx.example_input)
+    ]
+    first, second = names[0], next(n for n in names if n.startswith("layer2."))
+    method = create_method(
+        "haste",
+        start_layer=1,
+        hyperplanes=9,
+        stage_hyperplanes={2: 5},
+        layer_hyperplanes={first: 3, second: 7},
+    )
+    model = method.apply(TinyResNet(), ctx).eval()
+    got = {name: layer.hyperplanes for name, layer in haste_layers(model)}
+    # a conv's own L beats its stage's, which beats the global one
+    expected = {
+        n: 3 if n == first else 7 if n == second else 5 if n.startswith("layer2.") else 9 for n in names
+    }
+    assert got == expected
+    # the same layer as one built with that L everywhere (same seed, same projection)
+    plain = dict(haste_layers(create_method("haste", start_layer=1, hyperplanes=7).apply(TinyResNet(), ctx)))
+    assert torch.equal(dict(haste_layers(model))[second].projection, plain[second].projection)
+    # at inference: a {name: L} mapping changes only those convs
+    set_hyperplanes(model, {first: 11})
+    assert {name: layer.hyperplanes for name, layer in haste_layers(model)} == {**expected, first: 11}
+    with pytest.raises(ValueError, match=r"\['nope'\] are not HASTE convs; HASTE convs: \["):
+        set_hyperplanes(model, {"nope": 4})
+    with pytest.raises(ValueError, match="all stage numbers or all conv names"):
+        set_hyperplanes(model, {first: 4, 2: 5})
+    with pytest.raises(MethodNotApplicableError, match=r"layer_hyperplanes.*\['fc'\].*allowed names: \["):
+        create_method("haste", layer_hyperplanes={"fc": 4}).apply(TinyResNet(), ctx)
+    with pytest.raises(ConfigError, match="layer_hyperplanes"):
+        create_method("haste", layer_hyperplanes={first: 0})

@@ -152,7 +152,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -210,6 +210,12 @@ class HASTEConfig(MethodConfig):
     hyperplanes: int = Field(14, ge=1, le=64, description="L: random hyperplanes per hash (bits per code)")
     stage_hyperplanes: dict[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1, le=64)]] | None = Field(
         None, description="L per stage number (1-based), overriding hyperplanes for the convs of those stages"
+    )
+    layer_hyperplanes: (
+        dict[Annotated[str, Field(min_length=1)], Annotated[int, Field(ge=1, le=64)]] | None
+    ) = Field(
+        None,
+        description="L per replaced conv (qualified name), overriding hyperplanes and stage_hyperplanes",
     )
     sparsity: float = Field(2 / 3, ge=0.0, lt=1.0, description="s = P(0) of the ternary projection entries")
     patch: int = Field(
@@ -608,29 +614,52 @@ def haste_layers(model: nn.Module) -> list[tuple[str, HASTEConv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, HASTEConv2d)]
 
 
-def set_hyperplanes(model: nn.Module, hyperplanes: int | Mapping[int, int]) -> nn.Module:
+def set_hyperplanes(model: nn.Module, hyperplanes: int | Mapping[int, int] | Mapping[str, int]) -> nn.Module:
     """Change L of the HASTE convs in place (inference-time knob; projections redrawn from their seeds).
 
-    ``hyperplanes``: one L for every HASTE conv, or ``{stage: L}`` for the convs of those stages (1-based
-    stage numbers, as recorded by :meth:`HASTE.apply`); the other convs keep their L.
+    ``hyperplanes``: one L for every HASTE conv, ``{stage: L}`` for the convs of those stages (1-based
+    stage numbers, as recorded by :meth:`HASTE.apply`), or ``{conv name: L}`` for those HASTE convs
+    (qualified names, e.g. from :func:`cnnkit.efficiency.haste_tuning.allocate_hyperplanes`); the other
+    convs keep their L.
 
     Raises:
-        ValueError: a stage with no HASTE conv (the message lists the stages that have one).
+        ValueError: a stage with no HASTE conv or a name that is not one (the message lists the allowed
+            ones), or a mapping that mixes stage numbers and names.
     """
     layers = haste_layers(model)
     if isinstance(hyperplanes, Mapping):
-        unknown, present = _missing_stages((layer.stage for _, layer in layers), hyperplanes)
-        if unknown:
-            raise ValueError(
-                f"hyperplanes: stage(s) {unknown} have no HASTE conv; stages with HASTE convs: {present}"
-            )
-        for _, layer in layers:
-            if layer.stage is not None and layer.stage in hyperplanes:
-                layer.set_hyperplanes(hyperplanes[layer.stage])
+        if any(isinstance(key, str) for key in hyperplanes):
+            _set_layer_hyperplanes(layers, hyperplanes)
+        else:
+            _set_stage_hyperplanes(layers, cast(Mapping[int, int], hyperplanes))
         return model
     for _, layer in layers:
         layer.set_hyperplanes(hyperplanes)
     return model
+
+
+def _set_stage_hyperplanes(layers: list[tuple[str, HASTEConv2d]], per_stage: Mapping[int, int]) -> None:
+    unknown, present = _missing_stages((layer.stage for _, layer in layers), per_stage)
+    if unknown:
+        raise ValueError(
+            f"hyperplanes: stage(s) {unknown} have no HASTE conv; stages with HASTE convs: {present}"
+        )
+    for _, layer in layers:
+        if layer.stage is not None and layer.stage in per_stage:
+            layer.set_hyperplanes(per_stage[layer.stage])
+
+
+def _set_layer_hyperplanes(layers: list[tuple[str, HASTEConv2d]], per_layer: Mapping[Any, int]) -> None:
+    if not all(isinstance(key, str) for key in per_layer):
+        raise ValueError(
+            f"hyperplanes: a mapping's keys must be all stage numbers or all conv names: {list(per_layer)}"
+        )
+    by_name = dict(layers)
+    unknown = sorted(set(per_layer) - set(by_name))
+    if unknown:
+        raise ValueError(f"hyperplanes: {unknown} are not HASTE convs; HASTE convs: {list(by_name)}")
+    for name, planes in per_layer.items():
+        by_name[name].set_hyperplanes(planes)
 
 
 def _missing_stages(found: Iterable[int | None], per_stage: Mapping[int, int]) -> tuple[list[int], list[int]]:
@@ -836,11 +865,12 @@ class HASTE(Method):
         self._layer_macs = float(sum(per_module.get(id(conv), 0) for _, conv in chosen))
         self._example = ctx.example_input[:8].detach().clone()
         stages = self._stages_of(model, ctx.example_input, [name for name, _ in chosen])
+        per_layer = self._layer_planes([name for name, _ in chosen])
         planes = cfg.stage_hyperplanes or {}
-        for index, (_, conv) in enumerate(chosen):
+        for index, (name, conv) in enumerate(chosen):
             layer = HASTEConv2d(
                 conv,
-                hyperplanes=_stage_value(planes, stages[index], cfg.hyperplanes),
+                hyperplanes=per_layer.get(name, _stage_value(planes, stages[index], cfg.hyperplanes)),
                 sparsity=cfg.sparsity,
                 patch=cfg.patch,
                 seed=cfg.seed * 1_000_003 + index,
@@ -853,6 +883,17 @@ class HASTE(Method):
             layer.stage = stages[index]
             _replace(model, conv, layer)
         return model
+
+    def _layer_planes(self, names: list[str]) -> dict[str, int]:
+        """``layer_hyperplanes``, checked to name only convs that ``apply`` replaces."""
+        per_layer = self.config.layer_hyperplanes or {}
+        unknown = sorted(set(per_layer) - set(names))
+        if unknown:
+            raise MethodNotApplicableError(
+                f"haste: config field 'layer_hyperplanes' names {unknown}, which are not replaced convs; "
+                f"allowed names: {names}"
+            )
+        return dict(per_layer)
 
     def _stages_of(self, model: nn.Module, example: Tensor, names: list[str]) -> list[int | None]:
         """The stage number (1-based) of each conv in ``names``, ``None`` outside every stage; checks that
