@@ -106,6 +106,29 @@ def test_allocation_meets_the_target_and_no_allocation_saving_as_much_has_less_k
             a for a in every if predicted_reduction(sens, a) >= saving and predicted_kl(sens, a) < kl - 1e-12
         ]
         assert not better, (fraction, got, better[:1])
+        # and it is the least-KL of the relaxation's picks that meet the target
+        hull = [a for a in _lagrangian_picks(sens) if predicted_reduction(sens, a) >= fraction]
+        assert kl == pytest.approx(min(predicted_kl(sens, a) for a in hull), abs=1e-12)
+
+
+def _lagrangian_picks(sens: Sensitivity) -> list[dict[str, int]]:
+    """Every allocation that maximises saving - lambda * KL for some lambda >= 0, by enumeration: the picks
+    only change where two options of a layer trade evenly, so one lambda between each pair of such
+    breakpoints (and one beyond the last) finds them all."""
+    breaks = {0.0}
+    for options in sens.layers.values():
+        for a, b in itertools.combinations(options.values(), 2):
+            if a.kl != b.kl:
+                breaks.add(abs((a.saved_flops - b.saved_flops) / (a.kl - b.kl)))
+    ordered = sorted(breaks)
+    lambdas = [(lo + hi) / 2 for lo, hi in itertools.pairwise(ordered)] + [ordered[-1] + 1.0, 0.0]
+    return [
+        {
+            n: max(o, key=lambda p, o=o, lam=lam: o[p].saved_flops - lam * o[p].kl)
+            for n, o in sens.layers.items()
+        }
+        for lam in lambdas
+    ]
 
 
 def test_allocation_spends_the_budget_where_kl_is_cheapest() -> None:
