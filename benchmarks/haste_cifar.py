@@ -52,6 +52,14 @@ The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 4
     python benchmarks/haste_cifar.py --epochs 40 --no-latency --split test --hyperplanes 14 \
         --stage-hyperplanes 1:16,4:10 --patch 2 --start-layer 1   # ... and report on the other
     python benchmarks/haste_cifar.py --epochs 40 --device cuda --no-latency --eval-device cuda  # GPU sweep
+    python benchmarks/haste_cifar.py --epochs 40 --no-latency --split test --test-images 5000 --patch 2 \
+        --start-layer 1 --hyperplanes 14 --allocate 0.397   # L per layer for a FLOPs target, chosen on
+                                                            # the validation half, reported on the test half
+
+``--allocate`` adds one row per target of the model's FLOPs reduction, with L per layer
+(``layer_hyperplanes``) from :mod:`cnnkit.efficiency.haste_tuning`: each HASTE conv alone at each L of
+``--allocate-candidates`` on the first ``--allocate-images`` of the validation half (never the test half,
+whatever ``--split``; cached as JSON beside the checkpoint), then the least summed KL that meets the target.
 
 ``--patch 32`` (>= every map of a CIFAR ResNet) hashes per image and runs HASTE's per-image fast path (one
 reduced-depth conv per image); ``--min-out-pixels`` leaves convs with small output maps dense (a latency

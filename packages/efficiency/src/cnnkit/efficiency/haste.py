@@ -119,8 +119,11 @@ Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
   no retraining); ``stage_hyperplanes`` = None: ``{stage: L}`` overrides L for the convs of those stages
   (1-based, METHODS.md §1.1's stages; each layer records its ``stage``; :func:`set_hyperplanes` takes the
   same mapping at inference) [choice: the paper steers one L; per stage, a stage whose merging costs
-  little accuracy can merge more, tuned on validation data]; ``sparsity`` s = 2/3 [paper: secondary,
-  CIFAR] (1/2 for ImageNet); ``patch`` P = 4;
+  little accuracy can merge more, tuned on validation data]; ``layer_hyperplanes`` = None: ``{conv name:
+  L}`` overrides both for those convs (:func:`set_hyperplanes` takes names too) [choice: per conv, e.g.
+  from :func:`cnnkit.efficiency.haste_tuning.allocate_hyperplanes`, which spends a FLOPs target where the
+  measured KL per saved FLOP is lowest]; ``sparsity`` s = 2/3 [paper: secondary, CIFAR] (1/2 for
+  ImageNet); ``patch`` P = 4;
   ``seed`` of the projections (layer ``i`` of the replaced convs, in model order, uses ``seed·1000003 + i``;
   R is a non-persistent buffer rebuilt from it); ``resample_zero_columns`` = True; ``centre`` = True;
   ``hash_test`` = ``"strict"`` (``>``; ``"nonstrict"``: ``≥``).
