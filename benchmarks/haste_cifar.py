@@ -529,7 +529,7 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
             label += " (" + ", ".join(f"stage {k}: {v}" for k, v in per_stage) + ")"
         rows.append(evaluate_row(args, dense, x, y, tuned, clock, label, with_haste(args, dense, x, L, seed)))
     for target, per_layer in layer_allocations(args, dense, cfg, device):
-        label = f"per layer, {100 * target:.0f} % predicted"
+        label = f"per layer, {100 * target:.1f} % predicted"
         print(f"  L per layer ({label}): {json.dumps(per_layer)}")
         haste = with_haste(args, dense, x, args.hyperplanes[0], seeds[0], per_layer)
         rows.append(evaluate_row(args, dense, x, y, tuned, clock, label, haste))

@@ -85,11 +85,11 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         "--allocate", "0.01", "--allocate-images", "8", "--allocate-candidates", "4,12",
     )  # fmt: skip
     assert "split test" in out and "L per stage {3: 10}" in out
-    per_layer = json.loads(re.search(r"L per layer \(per layer, 1 % predicted\): (\{.*\})", out).group(1))
+    per_layer = json.loads(re.search(r"L per layer \(per layer, 1\.0 % predicted\): (\{.*\})", out).group(1))
     assert per_layer and set(per_layer.values()) <= {4, 12}
     assert "per-layer sensitivities on 8 validation images" in out
     assert list(tmp_path.glob("resnet20-*/sensitivity-*.json"))  # cached beside the checkpoint
-    for label in ("12, seed 0 (stage 3: 10)", "12, seed 3 (stage 3: 10)", "per layer, 1 % predicted"):
+    for label in ("12, seed 0 (stage 3: 10)", "12, seed 3 (stage 3: 10)", "per layer, 1.0 % predicted"):
         row = table_row(out, label)
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel

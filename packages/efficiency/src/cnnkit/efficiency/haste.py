@@ -57,6 +57,16 @@ everywhere (2,000 validation images), L = 10 in stage 4 added 2.9 points of mode
 L = 12 in stage 1 added 2.0 points for +1.3 pp. On the test half, L = (16, 14, 14, 10) for stages 1-4 cut
 39.3 % at −1.74 pp and (16, 14, 13, 10) 39.8 % at −2.16, against one L = 14: 38.4 % at −1.84. A gain of about
 one point at the same drop, the size of the projection draw's spread; later stages tolerate more merging.
+L per conv (``layer_hyperplanes`` from :mod:`cnnkit.efficiency.haste_tuning`) [measured, same ResNet-34,
+patch 2 from stage 1, CPU; ``haste_cifar.py --allocate``]: the sensitivities of the 32 convs at L = 8 to 16
+on 1,000 validation images (17 minutes on 2 threads) differ widely: alone at L = 8, a conv costs 0.0001 to
+0.037 nats of KL for 0.5 to 2.5 % of the model's FLOPs. The target was chosen on the validation half: a
+predicted 39.7 % gave 40.25 % at −1.04 pp on its 5,000 images (predicted 41.4 %: 41.9 % at −2.35 on 2,000).
+On the test half (5,000 images) that allocation cuts **40.3 % at −1.48 pp**, against one L = 14: 38.4 % at
+−1.84 and L per stage (16, 14, 14, 10): 39.3 % at −1.74. It merges most in the last blocks of stages 2-4
+(L = 8 to 12) and little in stage 1 and early stage 3 (L = 14 to 16). The margin is one image in 5,000;
+a predicted 40.4 % cut 41.2 % at −1.84. Per-layer KLs add up only roughly (merging in one layer changes
+what the later ones see), so check an allocation on held-out data.
 
 In wall-clock on a CPU (that ResNet-34, one thread of a 2-core AMD EPYC, batch 1 / 32 vs the dense model):
 per image, L = 12: 0.93x / 0.49x; patch 4, L = 12: 0.55x / 0.27x; patch 3 from stage 1, L = 14: 0.24x /
