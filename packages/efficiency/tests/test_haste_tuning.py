@@ -153,8 +153,23 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match=r"\(N, classes\) logits"):
         layer_sensitivity(nn.Sequential(model, nn.Unflatten(1, (1, -1))), x)
     assert all(layer.hyperplanes == 9 for _, layer in haste_layers(model))  # restored after the error
+    spare = copy.deepcopy(dict(haste_layers(model))["layer1.0.conv1"])
+    with pytest.raises(ValueError, match="spare: the model's forward never ran this HASTE conv"):
+        layer_sensitivity(_WithSpare(model, spare), x, candidates=[12])
     sens = _table(0)
     with pytest.raises(ValueError, match=r"flops_reduction must be in \(0, 1\)"):
         allocate_hyperplanes(sens, 1.5)
     with pytest.raises(ValueError, match=r"flops_reduction=0\.9900 is out of reach.*reach 0\.\d+"):
         allocate_hyperplanes(sens, 0.99)
+
+
+class _WithSpare(nn.Module):
+    """``model`` plus a HASTE conv that its forward never calls."""
+
+    def __init__(self, model: nn.Module, spare: nn.Module) -> None:
+        super().__init__()
+        self.model, self.spare = model, spare
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out

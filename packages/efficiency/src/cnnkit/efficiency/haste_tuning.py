@@ -94,8 +94,8 @@ def layer_sensitivity(
     ``(N, classes)``. Its HASTE convs keep their L and mode; their cost tallies are reset.
 
     Raises:
-        ValueError: no HASTE conv in ``model``, a bad ``candidates`` or ``batch_size``, empty ``inputs``
-            or outputs that are not ``(N, classes)`` logits.
+        ValueError: no HASTE conv in ``model``, a bad ``candidates`` or ``batch_size``, empty ``inputs``,
+            outputs that are not ``(N, classes)`` logits, or a HASTE conv that the forward never runs.
     """
     layers = haste_layers(model)
     if not layers:
@@ -112,7 +112,7 @@ def layer_sensitivity(
         with torch.no_grad(), _all_plain(layers):
             reference = _log_probs(model, inputs, batch_size)
             costs = {
-                name: _layer_costs(model, layer, inputs, reference, candidates, batch_size)
+                name: _layer_costs(model, name, layer, inputs, reference, candidates, batch_size)
                 for name, layer in layers
             }
     finally:
@@ -153,6 +153,7 @@ def _log_probs(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
 
 def _layer_costs(
     model: nn.Module,
+    name: str,
     layer: HASTEConv2d,
     inputs: Tensor,
     reference: Tensor,
@@ -168,6 +169,8 @@ def _layer_costs(
             got = _log_probs(model, inputs, batch_size)
             kl = F.kl_div(got, reference, log_target=True, reduction="sum").item() / inputs.shape[0]
             tally = layer.tally
+            if tally.images == 0:
+                raise ValueError(f"{name}: the model's forward never ran this HASTE conv; remove it first")
             costs[planes] = LayerCost(kl=kl, saved_flops=(tally.dense - tally.needed) / tally.images)
     finally:
         layer.training = True
