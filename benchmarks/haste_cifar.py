@@ -20,11 +20,14 @@
    10,000 test images at patch 2 finished 7 values of L within 100 s).
 3. Time the dense model, a tuned dense model (each conv on the faster of PyTorch's default backend and
    oneDNN at its shape, timed first: PyTorch picks a slower path for some batch-1 convs, and HASTE's
-   reduced convs use oneDNN, so this baseline shows what HASTE adds beyond the backend) and the HASTE
-   model in ``compressed`` mode (the fast path) side by side in one process with ``torch.utils.benchmark``
-   at batch 1 and ``--latency-batch``: speed-up = dense time / HASTE time (medians of 3 interleaved
-   measurements), cycling over ``--latency-images`` distinct test images (HASTE's cost depends on the
-   image). Beside them, the **ceiling**: the tuned dense model with each replaced conv cut to the
+   reduced convs use oneDNN, so this baseline shows what HASTE adds beyond the backend), the HASTE
+   model in ``compressed`` mode (the fast path) and the tuned HASTE model (its convs that HASTE leaves
+   dense on their faster backend, as in the tuned dense model) side by side in one process with
+   ``torch.utils.benchmark`` at batch 1 and ``--latency-batch``: speed-up = dense time / HASTE time and,
+   in brackets, tuned dense time / tuned HASTE time (medians of 3 interleaved measurements), cycling over
+   ``--latency-images`` distinct test images (HASTE's cost depends on the image). Tuned against tuned
+   credits HASTE with its own layers only: the dense-left convs gain the same from the backend in both.
+   Beside them, the **ceiling**: the tuned dense model with each replaced conv cut to the
    layer's mean bucket count of input channels (a plain conv on the first channels, each conv on its
    faster backend): the reduced convs' work at one dense conv's efficiency, with hashing, bucketing and
    merging free, an optimistic bound for any implementation (a fused kernel included); speed-up = dense
@@ -108,6 +111,12 @@ def stage_map(text: str) -> dict[int, int]:
         raise argparse.ArgumentTypeError(f"expected STAGE:L pairs such as 2:12,4:10, got {text!r}") from None
 
 
+def stage_or_conv(text: str) -> int | str:
+    """HASTE's ``start_layer``: a stage number, or the qualified name of the first conv to replace (an
+    argparse type; HASTE checks that the model has it)."""
+    return int(text) if text.isdigit() else text
+
+
 def fraction_list(text: str) -> list[float]:
     """Comma-separated fractions in (0, 1) (an argparse type)."""
     try:
@@ -168,7 +177,12 @@ def parse_args() -> argparse.Namespace:
         "--patch", type=int, default=4, help="HASTE output tile side P (>= 32: one tile per image)"
     )
     parser.add_argument("--sparsity", type=float, default=2 / 3, help="HASTE projection sparsity s")
-    parser.add_argument("--start-layer", type=int, default=2, help="HASTE start stage")
+    parser.add_argument(
+        "--start-layer",
+        type=stage_or_conv,
+        default=2,
+        help="HASTE start: a stage number, or the name of the first conv replaced (layer4.0.conv2)",
+    )
     parser.add_argument(
         "--haste-seeds",
         type=int_list,
@@ -309,13 +323,16 @@ class OneDNNConv(nn.Module):
         )
 
 
-def tuned_dense(
-    dense: nn.Module, x: torch.Tensor, clock: Any, min_run_time: float = 0.1
+def tuned_copy(
+    original: nn.Module, x: torch.Tensor, clock: Any, min_run_time: float = 0.1
 ) -> tuple[nn.Module, int]:
-    """A copy of ``dense`` in which every conv runs on the faster of PyTorch's own choice and oneDNN at
-    its input shape for ``x`` (timed here): the strongest dense baseline, so HASTE's speed-up cannot come
-    from a better conv backend alone. Returns the copy and the number of convs switched to oneDNN."""
-    model = copy.deepcopy(dense).eval()
+    """A copy of ``original`` in which every plain ``nn.Conv2d`` (not HASTE's) runs on the faster of
+    PyTorch's own choice and oneDNN at its input shape for ``x`` (timed here). Of the dense model: the
+    strongest dense baseline, so HASTE's speed-up cannot come from a better conv backend alone; of a HASTE
+    model: the same choice for the convs HASTE leaves dense, so that tuned HASTE against the tuned dense
+    model credits HASTE with its own layers' saving only. Returns the copy and the number of convs switched
+    to oneDNN."""
+    model = copy.deepcopy(original).eval()
     inputs: dict[str, torch.Tensor] = {}
     convs = {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.padding_mode == "zeros"}
     hooks = [
@@ -399,9 +416,9 @@ def merge_bound(ceiling: nn.Module, haste_model: nn.Module) -> nn.Module:
 def tuned_per_batch(
     args: argparse.Namespace, model: nn.Module, x: torch.Tensor, clock: Any
 ) -> dict[int, tuple[nn.Module, int]]:
-    """:func:`tuned_dense` of ``model`` for each timed batch size: (tuned copy, convs on oneDNN)."""
+    """:func:`tuned_copy` of ``model`` for each timed batch size: (tuned copy, convs on oneDNN)."""
     tuning_time = min(0.1, args.min_run_time)  # seconds per conv and backend
-    return {b: tuned_dense(model, x[:b].contiguous(), clock, tuning_time) for b in (1, args.latency_batch)}
+    return {b: tuned_copy(model, x[:b].contiguous(), clock, tuning_time) for b in (1, args.latency_batch)}
 
 
 def tuned_ceilings(
@@ -515,7 +532,7 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     print(
         f"{len(y)} test images (seeded subset, split {args.split}); HASTE patch={args.patch}, "
         f"s={args.sparsity:.3g}, L per stage {args.stage_hyperplanes or '-'}, "
-        f"start stage {args.start_layer}, min_out_pixels={args.min_out_pixels}, on {device.type}; "
+        f"start {args.start_layer}, min_out_pixels={args.min_out_pixels}, on {device.type}; "
         + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
     )
     base = accuracy(dense, x, y, args.eval_batch)
@@ -554,7 +571,13 @@ def evaluate_row(
     gap = compressed_gap(model, x[: args.latency_batch])
     ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
     bounds = {b: merge_bound(ceilings[b], model) for b in ceilings}
-    timed = timings(args, {b: (dense, tuned[b], model, ceilings[b], bounds[b]) for b in tuned}, x, clock)
+    tuned_haste = {} if args.no_latency else tuned_per_batch(args, model, x, clock)
+    timed = timings(
+        args,
+        {b: (dense, tuned[b], model, tuned_haste[b][0], ceilings[b], bounds[b]) for b in tuned},
+        x,
+        clock,
+    )
     print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
     return (label, top1, stats, gap, timed)
 
@@ -600,10 +623,10 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     )
     if not args.no_latency:
         head += (
-            " ms b1: dense / tuned / HASTE / ceiling / merge bound | speed-up b1 vs dense (vs tuned) | "
-            "ceiling / merge bound b1 vs dense (vs tuned) | "
-            f"ms b{nb}: dense / tuned / HASTE / ceiling / merge bound | speed-up b{nb} vs dense (vs tuned) | "
-            f"ceiling / merge bound b{nb} vs dense (vs tuned) |"
+            " ms b1: dense / tuned / HASTE / tuned HASTE / ceiling / merge bound | "
+            "speed-up b1 vs dense (tuned vs tuned) | ceiling / merge bound b1 vs dense (vs tuned) | "
+            f"ms b{nb}: dense / tuned / HASTE / tuned HASTE / ceiling / merge bound | "
+            f"speed-up b{nb} vs dense (tuned vs tuned) | ceiling / merge bound b{nb} vs dense (vs tuned) |"
         )
     print()
     print(head)
@@ -612,9 +635,9 @@ def print_table(args: argparse.Namespace, base: float, rows: list[tuple[Any, ...
     print(dense_row + " - |" * (head.count("|") - dense_row.count("|")))
     for L, top1, stats, gap, timed in rows:
         cells = [
-            f" {1e3 * d:.2f} / {1e3 * t:.2f} / {1e3 * h:.2f} / {1e3 * c:.2f} / {1e3 * m:.2f} | "
-            f"{d / h:.2f}x ({t / h:.2f}x) | {d / c:.2f}x / {d / m:.2f}x ({t / c:.2f}x / {t / m:.2f}x) |"
-            for d, t, h, c, m in timed
+            " " + " / ".join(f"{1e3 * v:.2f}" for v in (d, t, h, th, c, m)) + " | "
+            f"{d / h:.2f}x ({t / th:.2f}x) | {d / c:.2f}x / {d / m:.2f}x ({t / c:.2f}x / {t / m:.2f}x) |"
+            for d, t, h, th, c, m in timed
         ]
         print(
             f"| {L} | {top1:.2f} | {base - top1:.2f} | {100 * stats['flops_reduction']:.1f} % | "

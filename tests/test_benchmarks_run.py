@@ -94,7 +94,7 @@ def test_haste_cifar_trains_briefly_and_paths_agree_layer_by_layer(tmp_path: Pat
         assert float(row[6]) < 1e-4  # simulate vs compressed, every HASTE layer on the same input
         assert 0.0 < float(row[5]) < 1.0  # buckets per channel
         assert float(row[7].rstrip(" %")) > float(row[3].rstrip(" %"))  # without the overhead: a larger cut
-        assert len(row[8].split(" / ")) == 5  # dense, tuned, HASTE, ceiling and merge bound, timed
+        assert len(row[8].split(" / ")) == 6  # dense, tuned, HASTE, tuned HASTE, ceiling, merge bound
         ceiling, bound = (float(v.rstrip("x")) for v in row[10].split(" (")[0].split(" / "))
         assert ceiling > 0 and bound > 0
     assert "tuned dense baseline, batch 1" in out
@@ -110,6 +110,14 @@ def test_haste_cifar_splits_the_test_images_into_disjoint_halves(monkeypatch: py
     assert sorted(validation + test) == list(range(10_000))
     assert split_indices(10_000, 100, "test", seed=0) == test[:100]  # --test-images caps within the half
     assert split_indices(10_000, 10_000, "all", seed=0) != list(range(10_000))  # shuffled
+
+
+def test_haste_cifar_start_layer_takes_a_stage_or_a_conv_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from haste_cifar import stage_or_conv
+
+    assert stage_or_conv("3") == 3
+    assert stage_or_conv("layer4.0.conv2") == "layer4.0.conv2"
 
 
 def test_haste_cifar_merge_bound_reads_the_full_weight_per_tile(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,6 +148,41 @@ def test_haste_cifar_merge_bound_reads_the_full_weight_per_tile(monkeypatch: pyt
         assert torch.equal(m.full_weight, dense.get_submodule(name).weight)
     with torch.no_grad():
         assert torch.equal(bound(x), ceiling(x))  # the reads cost time only
+
+
+def test_haste_cifar_tuning_switches_plain_convs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuned HASTE against the tuned dense model: the convs HASTE leaves dense get the backend choice,
+    HASTE's own convs are kept (else their saving would be timed on the wrong path)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from cnnkit.core import Context, create_method
+    from cnnkit.efficiency.haste import HASTEConv2d
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import haste_cifar
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    method = create_method("haste", start_layer="2", patch=4, hyperplanes=4, mode="compressed")
+    model = method.apply(copy.deepcopy(dense), Context(example_input=x)).eval()
+    # oneDNN always "faster": every conv the tuning may switch is switched
+    monkeypatch.setattr(
+        haste_cifar, "seconds", lambda m, *a: 1.0 if isinstance(m, haste_cifar.OneDNNConv) else 2.0
+    )
+    tuned, switched = haste_cifar.tuned_copy(model, x, clock=None)
+    assert switched == 1
+    assert isinstance(tuned.get_submodule("0"), haste_cifar.OneDNNConv)
+    assert all(isinstance(tuned.get_submodule(n), HASTEConv2d) for n in ("2", "4"))
+    assert isinstance(model.get_submodule("0"), nn.Conv2d)  # the original is not touched
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
