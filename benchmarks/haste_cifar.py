@@ -58,6 +58,9 @@ The first line names the machine (benchmarks/_machine.py). Goals (issue 7): >= 4
     python benchmarks/haste_cifar.py --epochs 40 --no-latency --split test --test-images 5000 --patch 2 \
         --start-layer 1 --hyperplanes 14 --allocate 0.397   # L per layer for a FLOPs target, chosen on
                                                             # the validation half, reported on the test half
+    python benchmarks/haste_cifar.py --epochs 40 --threads 1 --split test --test-images 5000 --patch 32 \
+        --start-layer layer4.0.conv2 --hyperplanes 8 --allocate 0.145 \
+        --allocate-candidates 4,5,6,7,8,10,12,14,16   # the CPU speed-up setting (per image, last stage)
 
 ``--allocate`` adds one row per target of the model's FLOPs reduction, with L per layer
 (``layer_hyperplanes``) from :mod:`cnnkit.efficiency.haste_tuning`: each HASTE conv alone at each L of

@@ -91,14 +91,26 @@ tile of each image (benchmarks/haste_cifar.py; same machine, 1,000 images of the
 stage 1, L = 14 (38.6 % of the FLOPs cut), it is 1.00x / 0.68x the dense model and 0.88x / 0.68x the tuned
 one: no implementation of that setting beats the dense model on this CPU, so the FLOPs goal and a CPU
 speed-up cannot come from one setting here. The setting with a real speed-up is per image in the last
-stage only (``patch=32, start_layer=4``): L = 8 cuts 13.6 % of the FLOPs at −0.72 pp (all 5,000 images of
-the test half; L chosen on the validation half, where L = 7 lost 2.5 pp) and runs 1.16x / 0.98x the dense
-model, but only 0.98x the tuned one (its gain on the dense model is mostly the backend), against a merge
-bound of 1.44x (1.21x tuned). Per image from stage 3 (L = 13, stage 4: 8) cuts 17.3 % at −2.0 pp (1,000
-images) and runs 1.03x (0.93x tuned) against a bound of 1.35x (1.22x tuned). There the gap to the bound is
-the per-layer cost of hashing, sorting, layout copies and odd-depth GEMMs, which only a fused kernel could
-close; the filter merge itself already runs at memory speed (one thread, weights out of cache: summing a
-512-channel 3x3 conv's 9.4 MB of filter rows into 256 buckets takes 296 µs, a plain copy of them 275 µs).
+stage (``patch=32``), whose HASTE layers run 3 to 4x faster than the best dense conv once merging is strong
+(4x4 maps, one thread, b/C ≤ 0.1: 0.23 to 0.33 ms against 0.95 ms). Its stride-2 first conv
+(``layer4.0.conv1``, 8x8 input) is better left dense (``start_layer="layer4.0.conv2"``): at L = 10 HASTE
+ran it at 0.83x. With L per conv (:mod:`.haste_tuning`, candidates L = 4 to 16, sensitivities on 1,000
+validation images; the target chosen on the validation half: a predicted 14.5 % cut 14.6 % at −0.15 pp on
+2,000 images, 15 % lost 1.6 pp) the picks are L = (7, 6, 5, 4, 4), and on all 5,000 images of the test half
+it cuts **14.6 % of the FLOPs at −0.28 pp and runs 1.20x the dense model at batch 1, 1.25x tuned against
+tuned** (the HASTE model with the convs it leaves dense on the same backends as the tuned dense model;
+1.01x / 0.99x at batch 32; merge bound 1.59x, 1.35x tuned). One L = 8 there: 12.9 % at −0.30 pp, 1.18x
+(1.26x). [Earlier figures timed an untuned HASTE model against the tuned dense one, so the backend gain of
+the stage-3 convs HASTE left dense counted against it: stage 4 at L = 8 was reported at 0.98x "tuned"; tuned
+against tuned it runs 1.22x.] Per image from stage 3 gains nothing on the tuned model: on 8x8 maps a HASTE
+layer ran 0.53 to 0.92x the oneDNN conv even at b/C = 0.47 (L per conv for 18 %: 18.3 % at −0.8 pp on 2,000
+validation images, 1.07x the dense model, 0.94x tuned against tuned; one L = 13 with stage 4 at 8: 17.3 % at
+−2.0 pp, 1.03x), because oneDNN needs the merged filters transposed (0.2 ms for a 256-channel layer, half
+as long as its reduced conv) and MKL's GEMM, which needs no transpose, runs at half oneDNN's speed on this
+AMD CPU. There the gap to the bound is the per-layer cost of hashing, sorting, layout copies and odd-depth
+GEMMs, which only a fused kernel could close; the filter merge itself already runs at memory speed (one
+thread, weights out of cache: summing a 512-channel 3x3 conv's 9.4 MB of filter rows into 256 buckets takes
+296 µs, a plain copy of them 275 µs).
 Larger tiles in stages 3 and 4 (patch 4, which makes the filter merge four times cheaper per
 output pixel) lost more than the overhead they saved: from L = (16, 14, 13, 10) at patch 2 (39.8 % at
 −1.50 pp, 2,000 validation images), patch 4 in stage 4 gave 39.3 % at −1.75, in stage 3 (L = 11) 37.1 % at
