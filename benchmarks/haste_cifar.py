@@ -21,8 +21,8 @@
 3. Time the dense model, a tuned dense model (each conv on the faster of PyTorch's default backend and
    oneDNN at its shape, timed first: PyTorch picks a slower path for some batch-1 convs, and HASTE's
    reduced convs use oneDNN, so this baseline shows what HASTE adds beyond the backend), the HASTE
-   model in ``compressed`` mode (the fast path) and the tuned HASTE model (its convs that HASTE leaves
-   dense on their faster backend, as in the tuned dense model) side by side in one process with
+   model in ``compressed`` mode (the fast path) and the tuned HASTE model (the convs that HASTE leaves
+   dense on the tuned dense model's backends) side by side in one process with
    ``torch.utils.benchmark`` at batch 1 and ``--latency-batch``: speed-up = dense time / HASTE time and,
    in brackets, tuned dense time / tuned HASTE time (medians of 3 interleaved measurements), cycling over
    ``--latency-images`` distinct test images (HASTE's cost depends on the image). Tuned against tuned
@@ -81,6 +81,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -326,18 +327,21 @@ class OneDNNConv(nn.Module):
         )
 
 
+def plain_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """The plain ``nn.Conv2d`` of ``model`` (not HASTE's, which subclass it) that oneDNN can run."""
+    return {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.padding_mode == "zeros"}
+
+
 def tuned_copy(
     original: nn.Module, x: torch.Tensor, clock: Any, min_run_time: float = 0.1
 ) -> tuple[nn.Module, int]:
-    """A copy of ``original`` in which every plain ``nn.Conv2d`` (not HASTE's) runs on the faster of
-    PyTorch's own choice and oneDNN at its input shape for ``x`` (timed here). Of the dense model: the
-    strongest dense baseline, so HASTE's speed-up cannot come from a better conv backend alone; of a HASTE
-    model: the same choice for the convs HASTE leaves dense, so that tuned HASTE against the tuned dense
-    model credits HASTE with its own layers' saving only. Returns the copy and the number of convs switched
-    to oneDNN."""
+    """A copy of ``original`` in which every plain conv (:func:`plain_convs`) runs on the faster of
+    PyTorch's own choice and oneDNN at its input shape for ``x`` (timed here): of the dense model, the
+    strongest dense baseline, so HASTE's speed-up cannot come from a better conv backend alone. Returns the
+    copy and the number of convs switched to oneDNN."""
     model = copy.deepcopy(original).eval()
     inputs: dict[str, torch.Tensor] = {}
-    convs = {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.padding_mode == "zeros"}
+    convs = plain_convs(model)
     hooks = [
         m.register_forward_hook(lambda mod, args, out, name=n: inputs.__setitem__(name, args[0]))
         for n, m in convs.items()
@@ -346,15 +350,29 @@ def tuned_copy(
         model(x)
     for h in hooks:
         h.remove()
-    switched = 0
-    for name, conv in convs.items():
-        fast = OneDNNConv(conv)
-        pair = [seconds(m, [inputs[name]], min_run_time, clock) for m in (fast, conv)]
-        if pair[0] < pair[1]:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, fast)
-            switched += 1
-    return model, switched
+    faster = [
+        name
+        for name, conv in convs.items()
+        if seconds(OneDNNConv(conv), [inputs[name]], min_run_time, clock)
+        < seconds(conv, [inputs[name]], min_run_time, clock)
+    ]
+    switch_to_onednn(model, faster)
+    return model, len(faster)
+
+
+def switch_to_onednn(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Run ``model``'s plain convs among ``names`` on oneDNN, in place (other names are skipped: a HASTE
+    model keeps its HASTE convs where the dense model had plain ones)."""
+    convs = plain_convs(model)
+    for name in set(names) & set(convs):
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, OneDNNConv(convs[name]))
+    return model
+
+
+def onednn_names(model: nn.Module) -> list[str]:
+    """The convs that :func:`tuned_copy` switched to oneDNN in ``model``."""
+    return [name for name, module in model.named_modules() if isinstance(module, OneDNNConv)]
 
 
 class SlicedConv(nn.Module):
@@ -574,12 +592,10 @@ def evaluate_row(
     gap = compressed_gap(model, x[: args.latency_batch])
     ceilings = {} if args.no_latency else tuned_ceilings(args, dense, model, x, clock)
     bounds = {b: merge_bound(ceilings[b], model) for b in ceilings}
-    tuned_haste = {} if args.no_latency else tuned_per_batch(args, model, x, clock)
+    # the convs HASTE leaves dense on the tuned dense model's backends: tuned against tuned
+    tuned_haste = {b: switch_to_onednn(copy.deepcopy(model), onednn_names(tuned[b])) for b in tuned}
     timed = timings(
-        args,
-        {b: (dense, tuned[b], model, tuned_haste[b][0], ceilings[b], bounds[b]) for b in tuned},
-        x,
-        clock,
+        args, {b: (dense, tuned[b], model, tuned_haste[b], ceilings[b], bounds[b]) for b in tuned}, x, clock
     )
     print(f"  L={label}: top-1 {top1:.2f} %, FLOPs -{100 * stats['flops_reduction']:.1f} %", flush=True)
     return (label, top1, stats, gap, timed)

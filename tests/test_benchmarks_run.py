@@ -183,6 +183,12 @@ def test_haste_cifar_tuning_switches_plain_convs_only(monkeypatch: pytest.Monkey
     assert isinstance(model.get_submodule("0"), nn.Conv2d)  # the original is not touched
     with torch.no_grad():
         torch.testing.assert_close(tuned(x), model(x), rtol=1e-4, atol=1e-5)
+    # the benchmark's tuned HASTE: the tuned dense model's choices, applied to the convs HASTE left plain
+    tuned_dense, switched = haste_cifar.tuned_copy(dense, x, clock=None)
+    assert switched == 3 and sorted(haste_cifar.onednn_names(tuned_dense)) == ["0", "2", "4"]
+    tuned_haste = haste_cifar.switch_to_onednn(copy.deepcopy(model), haste_cifar.onednn_names(tuned_dense))
+    assert haste_cifar.onednn_names(tuned_haste) == ["0"]
+    assert all(isinstance(tuned_haste.get_submodule(n), HASTEConv2d) for n in ("2", "4"))
 
 
 def test_haste_cifar_refuses_a_cuda_sweep_with_cpu_timings(tmp_path: Path) -> None:
