@@ -97,20 +97,22 @@ stage (``patch=32``), whose HASTE layers run 3 to 4x faster than the best dense 
 ran it at 0.83x. With L per conv (:mod:`.haste_tuning`, candidates L = 4 to 16, sensitivities on 1,000
 validation images; the target chosen on the validation half: a predicted 14.5 % cut 14.6 % at −0.15 pp on
 2,000 images, 15 % lost 1.6 pp) the picks are L = (7, 6, 5, 4, 4), and on all 5,000 images of the test half
-it cuts **14.6 % of the FLOPs at −0.28 pp and runs 1.20x the dense model at batch 1, 1.25x tuned against
-tuned** (the HASTE model with the convs it leaves dense on the same backends as the tuned dense model;
-1.01x / 0.99x at batch 32; merge bound 1.59x, 1.35x tuned). One L = 8 there: 12.9 % at −0.30 pp, 1.18x
-(1.26x). [Earlier figures timed an untuned HASTE model against the tuned dense one, so the backend gain of
-the stage-3 convs HASTE left dense counted against it: stage 4 at L = 8 was reported at 0.98x "tuned"; tuned
-against tuned it runs 1.22x.] Per image from stage 3 gains nothing on the tuned model: on 8x8 maps a HASTE
-layer ran 0.53 to 0.92x the oneDNN conv even at b/C = 0.47 (L per conv for 18 %: 18.3 % at −0.8 pp on 2,000
-validation images, 1.07x the dense model, 0.94x tuned against tuned; one L = 13 with stage 4 at 8: 17.3 % at
-−2.0 pp, 1.03x), because oneDNN needs the merged filters transposed (0.2 ms for a 256-channel layer, half
-as long as its reduced conv) and MKL's GEMM, which needs no transpose, runs at half oneDNN's speed on this
-AMD CPU. There the gap to the bound is the per-layer cost of hashing, sorting, layout copies and odd-depth
-GEMMs, which only a fused kernel could close; the filter merge itself already runs at memory speed (one
-thread, weights out of cache: summing a 512-channel 3x3 conv's 9.4 MB of filter rows into 256 buckets takes
-296 µs, a plain copy of them 275 µs).
+it cuts **14.6 % of the FLOPs at −0.28 pp**. At batch 1 it runs **1.15 to 1.20x the dense model and 1.20 to
+1.25x tuned against tuned** (the HASTE model with the convs it leaves dense on the tuned dense model's
+backends), at the 1.2x line rather than clear of it: five runs on this shared VM, one thread, 128 test images
+cycled (on two threads, wall clock: 1.16x and 1.28x). At batch 32: 1.01x / 0.99x; merge bound at batch 1:
+1.5 to 1.6x (1.27 to 1.35x tuned). One L = 8 there: 12.9 % at −0.30 pp, 1.13 to 1.18x (1.14 to 1.26x).
+[Earlier figures timed an untuned HASTE model against the tuned dense one, so the backend gain of the
+stage-3 convs HASTE left dense counted against it: stage 4 at L = 8 was reported at 0.98x "tuned"; tuned
+against tuned it ran 1.22x in one run.] Per image from stage 3 gains nothing on the tuned model: on 8x8 maps a
+HASTE layer ran 0.53 to 0.92x the oneDNN conv even at b/C = 0.47 (L per conv for 18 %: 18.3 % at −0.8 pp on
+2,000 validation images, 1.07x the dense model, 0.94x tuned against tuned; one L = 13 with stage 4 at 8:
+17.3 % at −2.0 pp, 1.03x), because oneDNN needs the merged filters transposed (0.2 ms for a 256-channel layer,
+half as long as its reduced conv) and MKL's GEMM, which needs no transpose, runs at half oneDNN's speed on
+this AMD CPU. There the gap to the bound is the per-layer cost of hashing, sorting, layout copies and
+odd-depth GEMMs, which only a fused kernel could close; the filter merge itself already runs at memory speed
+(one thread, weights out of cache: summing a 512-channel 3x3 conv's 9.4 MB of filter rows into 256 buckets
+takes 296 µs, a plain copy of them 275 µs).
 Larger tiles in stages 3 and 4 (patch 4, which makes the filter merge four times cheaper per
 output pixel) lost more than the overhead they saved: from L = (16, 14, 13, 10) at patch 2 (39.8 % at
 −1.50 pp, 2,000 validation images), patch 4 in stage 4 gave 39.3 % at −1.75, in stage 3 (L = 11) 37.1 % at
