@@ -65,11 +65,13 @@ def test_mod_latency_prints_models_ceiling_and_in_model_parts() -> None:
 def test_haste_layer_prints_each_path() -> None:
     out = run_benchmark(
         "haste_layer", "--fractions", "0.5", "--patches", "4,image", "--stages", "3", "--repeats", "1",
-        "--min-run-time", "0.01", "--batch", "2",
+        "--min-run-time", "0.01", "--batch", "2", "--stack", "2",
     )  # fmt: skip
     rows = [line for line in out.splitlines() if line.startswith("| 3 | 256@8x8 |")]
     assert len(rows) == 4  # patch 4 and per image, at batch 1 and 2
-    assert all(re.search(r"\| \d+\.\d+x \| 2\.00x \|$", row) for row in rows)  # b/C = 0.5: ideal 2x
+    assert "| HASTE torch ms | HASTE native ms | speed-up torch | speed-up native |" in out
+    # dense, then both kernels' times and speed-ups; b/C = 0.5: ideal 2x
+    assert all(re.search(r"(\| \d+\.\d{3} ){3}(\| \d+\.\d+x ){2}\| 2\.00x \|$", row) for row in rows)
 
 
 @pytest.mark.skipif(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ __all__ = [
     "bucketing",
     "cache_tensors",
     "compressed_images",
+    "compressed_images_native",
     "compressed_tiles",
     "hash_codes",
     "image_bags",
@@ -465,6 +467,39 @@ def compressed_images(
         first += b
     y = torch.cat(outs) if n > 1 else outs[0]
     return y, int(sum(counts)) * o * k2 * int(y.shape[2] * y.shape[3])
+
+
+def compressed_images_native(
+    x: Tensor,
+    codes: Tensor,
+    weight_rows: Tensor,
+    gemm: bool,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    merge_image: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], int],
+) -> tuple[Tensor, Tensor, int]:
+    """:func:`compressed_images` with the bucketing and both merges of each image in one call of the native
+    kernel (:mod:`._haste_native`; the same buckets, bucket order and summation order, so the same output
+    bit for bit). ``x`` is a contiguous float32 CPU batch, ``codes`` ``(N, C)`` its hash codes. Returns the
+    output, the buckets per image ``(N,)`` and the conv MACs."""
+    n, c, h, w = x.shape
+    k2 = kernel[0] * kernel[1]
+    r = weight_rows.shape[1]
+    o = r // k2
+    means_buf = scratch(c * h * w, x, 2)  # slots 0 and 1 belong to _reduced_conv
+    merged_buf = scratch(c * r, x, 3)
+    outs: list[Tensor] = []
+    counts: list[int] = []
+    for i in range(n):
+        b = merge_image(codes[i], x[i].view(c, h * w), weight_rows, means_buf, merged_buf)
+        image = means_buf[: b * h * w].view(1, b, h, w)
+        y = _reduced_conv(image, merged_buf[: b * r].view(b, r), gemm, o, kernel, stride, padding, dilation)
+        outs.append(y)  # a fresh tensor: the next image may overwrite the buffers
+        counts.append(b)
+    y = torch.cat(outs) if n > 1 else outs[0]
+    return y, torch.tensor(counts), sum(counts) * o * k2 * int(y.shape[2] * y.shape[3])
 
 
 def stitch_tiles(tiles: Tensor, n: int, geom: TileGeometry, layout: str) -> Tensor:

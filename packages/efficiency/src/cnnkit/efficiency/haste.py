@@ -196,6 +196,7 @@ from cnnkit.efficiency._haste_kernels import (
     bucketing,
     cache_tensors,
     compressed_images,
+    compressed_images_native,
     compressed_tiles,
     hash_codes,
     image_bags,
@@ -209,6 +210,7 @@ from cnnkit.efficiency._haste_kernels import (
     tile_geometry,
     tile_windows,
 )
+from cnnkit.efficiency._haste_native import MergeImage, NativeKernelUnavailable, native_kernel
 
 __all__ = [
     "HASTE",
@@ -221,6 +223,8 @@ __all__ = [
 ]
 
 Mode = Literal["simulate", "compressed"]
+Kernel = Literal["auto", "native", "torch"]
+KERNELS = ("auto", "native", "torch")
 _SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
 _WINDOW_FLOATS = 1 << 24  # windows of at most this many numbers per pass (images are processed in chunks)
 _MAX_PER_IMAGE = 1_000_000  # per-image cost records kept per layer (for percentiles); means use all data
@@ -270,6 +274,11 @@ class HASTEConfig(MethodConfig):
     seed: int = Field(0, ge=0, lt=2**31, description="seed of the random projections")
     mode: Mode = Field("simulate", description="'simulate' (reference) or 'compressed' (fast path)")
     chunk_mb: float = Field(4.0, gt=0.0, le=4096.0, description="fast path: merged filters held at once")
+    kernel: Kernel = Field(
+        "auto",
+        description="per-image fast path: 'native' (C kernel built on first use), 'torch' (PyTorch ops), "
+        "'auto' (native where it builds)",
+    )
 
     @model_validator(mode="after")
     def _pointwise_consistent(self) -> HASTEConfig:
@@ -319,6 +328,9 @@ class HASTEConv2d(nn.Conv2d):
         centre, strict, resample_zero_columns: see :class:`HASTEConfig`.
         mode: ``"simulate"`` or ``"compressed"``.
         chunk_mb: fast path memory bound for the merged filters.
+        kernel: the per-image fast path's bucketing and merges: ``"native"`` (:mod:`._haste_native`, a C
+            kernel built on first use; an error if it cannot be built), ``"torch"`` (PyTorch ops) or
+            ``"auto"`` (native where it builds, else PyTorch).
     """
 
     projection: Tensor
@@ -336,10 +348,15 @@ class HASTEConv2d(nn.Conv2d):
         resample_zero_columns: bool = True,
         mode: Mode = "simulate",
         chunk_mb: float = 4.0,
+        kernel: Kernel = "auto",
     ) -> None:
         reason = unsupported_reason(conv)
         if reason:
             raise ValueError(f"HASTEConv2d cannot replace this conv: {reason}")
+        if kernel not in KERNELS:
+            raise ValueError(f"HASTEConv2d: kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+        if kernel == "native" and native_kernel() is None:
+            raise NativeKernelUnavailable(_native_missing())
         self.k_hw, self.s_hw = _pair(conv.kernel_size), _pair(conv.stride)
         self.p_hw, self.d_hw = _pair(conv.padding), _pair(conv.dilation)
         super().__init__(
@@ -364,6 +381,7 @@ class HASTEConv2d(nn.Conv2d):
         self.resample_zero_columns = bool(resample_zero_columns)
         self.mode: Mode = mode
         self.chunk_mb = float(chunk_mb)
+        self.kernel: Kernel = kernel
         self.stage: int | None = None  # the model stage (1-based) the conv sits in; set by HASTE.apply
         self._tally = _Tally()
         self._pending: list[tuple[Tensor, int, int]] = []
@@ -493,12 +511,30 @@ class HASTEConv2d(nn.Conv2d):
             y = simulate_images(part, groups, weight, self.s_hw, self.p_hw, self.d_hw)
             seen += int(y.numel()) * c * self.k_hw[0] * self.k_hw[1]
             return y, groups.buckets, seen
-        bags = image_bags(codes)
         gemm = image_path_uses_gemm(geom.out_h, geom.out_w)
+        merge = self._native_merge(part)
+        if merge is not None:
+            y, counts, conv_macs = compressed_images_native(
+                part, codes, weight_ck, gemm, self.k_hw, self.s_hw, self.p_hw, self.d_hw, merge
+            )
+            return y, counts, seen + conv_macs
+        bags = image_bags(codes)
         y, conv_macs = compressed_images(
             part, bags, weight_ck, gemm, self.k_hw, self.s_hw, self.p_hw, self.d_hw
         )
         return y, bags.counts, seen + conv_macs
+
+    def _native_merge(self, part: Tensor) -> MergeImage | None:
+        """The native kernel, where this layer may use it on ``part``: CPU input, and no autograd graph to
+        record (the kernel has no backward; the PyTorch path has)."""
+        if self.kernel == "torch" or part.device.type != "cpu":
+            return None
+        if torch.is_grad_enabled() and part.requires_grad:
+            return None
+        merge = native_kernel()
+        if merge is None and self.kernel == "native":
+            raise NativeKernelUnavailable(_native_missing())
+        return merge
 
     def _tiles_forward(
         self, part: Tensor, geom: TileGeometry, weight: Tensor, weight_ck: Tensor | None, proj: Tensor
@@ -619,6 +655,15 @@ class HASTEConv2d(nn.Conv2d):
             f"hyperplanes={self.hyperplanes}, sparsity={self.sparsity:.4g}, "
             f"patch={self.patch}, mode={self.mode!r}" + (f", stage={self.stage}" if self.stage else "")
         )
+
+
+def _native_missing() -> str:
+    from cnnkit.efficiency._haste_native import native_unavailable_reason
+
+    return (
+        f"HASTE kernel='native': the native kernel is unavailable ({native_unavailable_reason()}); "
+        f"allowed kernels: {', '.join(KERNELS)} ('auto' falls back to PyTorch ops)"
+    )
 
 
 def unsupported_reason(conv: nn.Module) -> str | None:
@@ -906,6 +951,7 @@ class HASTE(Method):
                 resample_zero_columns=cfg.resample_zero_columns,
                 mode=cfg.mode,
                 chunk_mb=cfg.chunk_mb,
+                kernel=cfg.kernel,
             )
             layer.stage = stages[index]
             _replace(model, conv, layer)
