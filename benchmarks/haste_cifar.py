@@ -182,6 +182,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--sparsity", type=float, default=2 / 3, help="HASTE projection sparsity s")
     parser.add_argument(
+        "--kernel",
+        choices=("auto", "native", "torch"),
+        default="auto",
+        help="HASTE's per-image bucketing and merges: the C kernel (native), PyTorch ops, or auto",
+    )
+    parser.add_argument(
         "--start-layer",
         type=stage_or_conv,
         default=2,
@@ -468,6 +474,7 @@ def with_haste(
         min_out_pixels=args.min_out_pixels,
         stage_hyperplanes=args.stage_hyperplanes,
         layer_hyperplanes=layer_hyperplanes,
+        kernel=args.kernel,
     )
     model = method.apply(copy.deepcopy(dense), Context(example_input=x[:2]))
     return model.eval(), method
@@ -553,8 +560,8 @@ def evaluate_haste(args: argparse.Namespace, dense: nn.Module, cfg: RunConfig, d
     print(
         f"{len(y)} test images (seeded subset, split {args.split}); HASTE patch={args.patch}, "
         f"s={args.sparsity:.3g}, L per stage {args.stage_hyperplanes or '-'}, "
-        f"start {args.start_layer}, min_out_pixels={args.min_out_pixels}, on {device.type}; "
-        + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
+        f"start {args.start_layer}, min_out_pixels={args.min_out_pixels}, kernel {args.kernel}, "
+        f"on {device.type}; " + ("no timings" if args.no_latency else f"latency clock: {clock_name}")
     )
     base = accuracy(dense, x, y, args.eval_batch)
     tuned = {} if args.no_latency else tuned_baselines(args, dense, x, clock)

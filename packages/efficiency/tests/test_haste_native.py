@@ -96,6 +96,27 @@ def test_native_kernel_groups_by_code_in_ascending_order() -> None:
     assert torch.equal(merged[:9].view(3, 3), expected_merged)
 
 
+@pytest.mark.parametrize(("channels", "span"), [(300, 2**63 - 1), (2048, 2**20), (500, 3)])
+def test_native_kernel_sorts_many_codes_of_either_sign(channels: int, span: int) -> None:
+    # many buckets (large L, little merging) take the radix sort; few, the insertion sort
+    _require_native()
+    merge = native_kernel()
+    assert merge is not None
+    gen = torch.Generator().manual_seed(channels)
+    codes = torch.randint(-span, span, (channels,), generator=gen)
+    codes[::7] = codes[3]  # one large bucket among mostly single channels
+    x, rows = torch.randn(channels, 4, generator=gen), torch.randn(channels, 6, generator=gen)
+    means, merged = torch.empty(channels * 4), torch.empty(channels * 6)
+    b = merge(codes, x, rows, means, merged)
+    distinct, bucket = torch.unique(codes, sorted=True, return_inverse=True)
+    assert b == len(distinct)
+    expected = torch.zeros(b, 6, dtype=torch.float64).index_add_(0, bucket, rows.double())
+    assert torch.allclose(merged[: b * 6].view(b, 6).double(), expected, atol=1e-5)
+    sizes = torch.bincount(bucket).unsqueeze(1).double()
+    expected_means = torch.zeros(b, 4, dtype=torch.float64).index_add_(0, bucket, x.double()) / sizes
+    assert torch.allclose(means[: b * 4].view(b, 4).double(), expected_means, atol=1e-6)
+
+
 def test_native_kernel_refuses_operands_it_was_not_written_for() -> None:
     _require_native()
     merge = native_kernel()

@@ -17,7 +17,7 @@ static uint64_t slot_of(int64_t code, uint64_t mask) {
     return ((uint64_t)code * 0x9E3779B97F4A7C15ull) & mask;
 }
 
-static void sort_ascending(int64_t *a, int64_t n) { /* insertion sort: the distinct codes are few */
+static void insertion_sort(int64_t *a, int64_t n) {
     for (int64_t i = 1; i < n; i++) {
         int64_t v = a[i], j = i - 1;
         while (j >= 0 && a[j] > v) {
@@ -28,10 +28,39 @@ static void sort_ascending(int64_t *a, int64_t n) { /* insertion sort: the disti
     }
 }
 
+#define SIGN_BIT 0x8000000000000000ull
+
+static unsigned digit(int64_t v, int shift) { /* byte of the order-preserving unsigned key */
+    return (unsigned)((((uint64_t)v ^ SIGN_BIT) >> shift) & 0xFFu);
+}
+
+/* Ascending sort of n codes; tmp holds n. Few codes: insertion sort. Many (large L, little merging): an LSD
+ * radix sort over the bytes in which the codes differ, O(n) per byte. */
+static void sort_ascending(int64_t *a, int64_t *tmp, int64_t n) {
+    if (n <= 32) {
+        insertion_sort(a, n);
+        return;
+    }
+    uint64_t differ = 0;
+    for (int64_t i = 1; i < n; i++) differ |= (uint64_t)a[i] ^ (uint64_t)a[0];
+    int64_t *src = a, *dst = tmp;
+    for (int shift = 0; shift < 64; shift += 8) {
+        if (((differ >> shift) & 0xFFu) == 0) continue;
+        int64_t start[257] = {0};
+        for (int64_t i = 0; i < n; i++) start[digit(src[i], shift) + 1]++;
+        for (int k = 0; k < 256; k++) start[k + 1] += start[k];
+        for (int64_t i = 0; i < n; i++) dst[start[digit(src[i], shift)]++] = src[i];
+        int64_t *swap = src;
+        src = dst;
+        dst = swap;
+    }
+    if (src != a) memcpy(a, src, (size_t)n * sizeof(int64_t));
+}
+
 /* Bucket index of each channel (buckets in ascending code order); returns the number of buckets.
- * table: `mask + 1` slots (a power of two >= 2 C); distinct: C slots; bucket: C slots. */
+ * table: `mask + 1` slots (a power of two >= 2 C); distinct, sorted and bucket: C slots each. */
 static int64_t bucket_channels(const int64_t *codes, int64_t C, int64_t *table, uint64_t mask,
-                               int64_t *distinct, int64_t *bucket) {
+                               int64_t *distinct, int64_t *sorted, int64_t *bucket) {
     int64_t n = 0;
     memset(table, 0, (mask + 1) * sizeof(int64_t));
     for (int64_t c = 0; c < C; c++) { /* the distinct codes, through an open-addressing table */
@@ -42,7 +71,7 @@ static int64_t bucket_channels(const int64_t *codes, int64_t C, int64_t *table, 
             table[s] = n;
         }
     }
-    sort_ascending(distinct, n);
+    sort_ascending(distinct, sorted, n);
     memset(table, 0, (mask + 1) * sizeof(int64_t));
     for (int64_t i = 0; i < n; i++) { /* code -> its rank */
         uint64_t s = slot_of(distinct[i], mask);
@@ -67,9 +96,10 @@ int64_t haste_merge_image(const int64_t *codes, int64_t C, const float *x, int64
                           int64_t R, float *means, float *merged, int64_t *work, int64_t work_size) {
     uint64_t cap = 1;
     while (cap < (uint64_t)(2 * C)) cap <<= 1;
-    if ((int64_t)cap + 3 * C > work_size) return -1;
-    int64_t *table = work, *distinct = work + cap, *bucket = distinct + C, *count = bucket + C;
-    int64_t b = bucket_channels(codes, C, table, cap - 1, distinct, bucket);
+    if ((int64_t)cap + 4 * C > work_size) return -1;
+    int64_t *table = work, *distinct = work + cap, *sorted = distinct + C, *bucket = sorted + C;
+    int64_t *count = bucket + C;
+    int64_t b = bucket_channels(codes, C, table, cap - 1, distinct, sorted, bucket);
     memset(means, 0, (size_t)(b * HW) * sizeof(float));
     memset(merged, 0, (size_t)(b * R) * sizeof(float));
     memset(count, 0, (size_t)b * sizeof(int64_t));
@@ -90,5 +120,5 @@ int64_t haste_merge_image(const int64_t *codes, int64_t C, const float *x, int64
 int64_t haste_work_size(int64_t C) {
     uint64_t cap = 1;
     while (cap < (uint64_t)(2 * C)) cap <<= 1;
-    return (int64_t)cap + 3 * C;
+    return (int64_t)cap + 4 * C;
 }

@@ -220,8 +220,9 @@ def _check_operands(codes: Tensor, x: Tensor, weight_rows: Tensor, means: Tensor
 def _self_check(kernel: MergeImage) -> None:
     """Compare the kernel with PyTorch on a small input (a miscompiled kernel must not be used)."""
     gen = torch.Generator().manual_seed(0)
-    c, hw, r = 37, 5, 11
-    codes = torch.randint(-3, 4, (c,), generator=gen) * (1 << 40)
+    c, hw, r = 80, 5, 11
+    codes = torch.randint(-(2**62), 2**62, (c,), generator=gen)  # both signs: the radix sort's sign handling
+    codes[1::2] = codes[0::2]  # 40 buckets of two channels: more than the insertion sort handles
     x = torch.randn(c, hw, generator=gen)
     rows = torch.randn(c, r, generator=gen)
     means, merged = torch.empty(c * hw), torch.empty(c * r)

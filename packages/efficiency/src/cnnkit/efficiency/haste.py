@@ -32,6 +32,19 @@ oneDNN conv on channels-last operands for maps of ≥ 64 output pixels, else im2
 measured]; the merged filters are written into reused buffers (fresh multi-MB tensors per image cost page
 faults). Both modes share the hashing and bucketing code, so they agree to float rounding.
 
+**Native kernel** (``kernel``, default ``"auto"``). On the CPU the per-image path groups each image's channels
+by code and sums their input rows and filter slices in one call of a small C kernel
+(:mod:`._haste_native`: plain C99 compiled on first use with the system C compiler, cached, checked against
+PyTorch before use) instead of a dozen PyTorch ops per layer. It sums in the same order as those ops, so the
+output is the same bit for bit. ``"torch"`` keeps the PyTorch ops; ``"native"`` raises
+:class:`._haste_native.NativeKernelUnavailable` where the kernel cannot be built (``"auto"`` falls back);
+with an autograd graph to record the layer takes the PyTorch ops. The hashing stays in PyTorch, shared with
+``simulate``. One layer inside a stack of six distinct convs (weights out of cache, as inside a network;
+one thread of a 2-vCPU AMD EPYC, batch 1, benchmarks/haste_layer.py) [measured]: 512@4x4 at b/C = 0.1
+runs 2.15x the dense conv (PyTorch ops: 1.40x), at 0.2 1.83x (1.35x); 256@8x8 at b/C = 0.1 2.11x (1.62x),
+at 0.2 1.74x (1.49x). At batch 32 the kernels tie (the per-image merged filters, not the bookkeeping,
+dominate there).
+
 Trade-off [measured, benchmarks/haste_cifar.py on all 10,000 test images, models trained by the bench on an
 H100 GPU (40 epochs, one-cycle to lr 0.1, batch 128, bfloat16): ResNet-34 91.15 %, ResNet-18 90.80 % top-1]:
 small tiles from stage 1 on cut the most at a given drop, because one code must describe a small window.
@@ -164,7 +177,8 @@ Choices (METHODS.md §8h; all options of :class:`HASTE.Config`):
   maps (CIFAR ResNet-18 shapes at batch 32, one layer at b/C = 0.42: 32x32 and 16x16 maps 0.87x and
   0.99x, 8x8 and 4x4 maps 0.71x and 0.45x; ``min_out_pixels=256`` keeps stages 1-2), at the cost of a
   smaller FLOPs cut.
-* ``mode`` = ``"simulate"``; ``chunk_mb`` bounds the merged filters held at once by the tile fast path.
+* ``mode`` = ``"simulate"``; ``chunk_mb`` bounds the merged filters held at once by the tile fast path;
+  ``kernel`` = ``"auto"``: the per-image fast path's native kernel where it builds (see above) [choice].
 * ``patch`` ≥ the largest output map (e.g. 32 on CIFAR) selects per-image hashing (see above); a layer
   whose map is larger than ``patch`` still uses tiles.
 * Export keeps the HASTE convs: HASTE *is* the inference model (the bench measures accuracy, FLOPs and
