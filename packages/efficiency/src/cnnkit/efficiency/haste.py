@@ -36,7 +36,7 @@ faults). Both modes share the hashing and bucketing code, so they agree to float
 by code and sums their input rows and filter slices in one call of a small C kernel
 (:mod:`._haste_native`: plain C99 compiled on first use with the system C compiler, cached, checked against
 PyTorch before use) instead of a dozen PyTorch ops per layer. It sums in the same order as those ops, so the
-output is the same bit for bit. ``"torch"`` keeps the PyTorch ops; ``"native"`` raises
+output is the same (bit for bit with torch 2.14). ``"torch"`` keeps the PyTorch ops; ``"native"`` raises
 :class:`._haste_native.NativeKernelUnavailable` where the kernel cannot be built (``"auto"`` falls back);
 with an autograd graph to record the layer takes the PyTorch ops. The hashing stays in PyTorch, shared with
 ``simulate``. One layer inside a stack of six distinct convs (weights out of cache, as inside a network;
@@ -224,7 +224,12 @@ from cnnkit.efficiency._haste_kernels import (
     tile_geometry,
     tile_windows,
 )
-from cnnkit.efficiency._haste_native import MergeImage, NativeKernelUnavailable, native_kernel
+from cnnkit.efficiency._haste_native import (
+    MergeImage,
+    NativeKernelUnavailable,
+    native_kernel,
+    native_unavailable_reason,
+)
 
 __all__ = [
     "HASTE",
@@ -667,13 +672,12 @@ class HASTEConv2d(nn.Conv2d):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.k_hw}, stride={self.s_hw}, "
             f"padding={self.p_hw}, dilation={self.d_hw}, bias={self.bias is not None}, "
             f"hyperplanes={self.hyperplanes}, sparsity={self.sparsity:.4g}, "
-            f"patch={self.patch}, mode={self.mode!r}" + (f", stage={self.stage}" if self.stage else "")
+            f"patch={self.patch}, mode={self.mode!r}, kernel={self.kernel!r}"
+            + (f", stage={self.stage}" if self.stage else "")
         )
 
 
 def _native_missing() -> str:
-    from cnnkit.efficiency._haste_native import native_unavailable_reason
-
     return (
         f"HASTE kernel='native': the native kernel is unavailable ({native_unavailable_reason()}); "
         f"allowed kernels: {', '.join(KERNELS)} ('auto' falls back to PyTorch ops)"
