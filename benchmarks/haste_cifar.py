@@ -615,7 +615,13 @@ def layer_allocations(
     if not args.allocate:
         return []
     sensitivity = validation_sensitivity(args, dense, cfg, device)
-    return [(target, allocate_hyperplanes(sensitivity, target)) for target in args.allocate]
+    allocations = []
+    for target in args.allocate:
+        try:
+            allocations.append((target, allocate_hyperplanes(sensitivity, target)))
+        except ValueError as err:  # one unreachable target must not lose the other rows
+            print(f"  --allocate {target}: skipped, {err}")
+    return allocations
 
 
 def validation_sensitivity(

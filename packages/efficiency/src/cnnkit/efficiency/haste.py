@@ -43,7 +43,13 @@ with an autograd graph to record the layer takes the PyTorch ops. The hashing st
 one thread of a 2-vCPU AMD EPYC, batch 1, benchmarks/haste_layer.py) [measured]: 512@4x4 at b/C = 0.1
 runs 2.15x the dense conv (PyTorch ops: 1.40x), at 0.2 1.83x (1.35x); 256@8x8 at b/C = 0.1 2.11x (1.62x),
 at 0.2 1.74x (1.49x). At batch 32 the kernels tie (the per-image merged filters, not the bookkeeping,
-dominate there).
+dominate there). In a whole model the gain is smaller and within this shared VM's noise: on a ResNet-34
+trained for 5 epochs on that CPU (83.3 %, bfloat16; the 91 % GPU model was not at hand), the speed setting
+below (L per conv for a predicted 14.5 %, from ``layer4.0.conv2``; 14.5 % cut at −1.6 pp on 1,000 test
+images of this weaker model) ran 33.9 ms with the kernel and 34.7 ms with the PyTorch ops against
+35.5 / 36.2 ms dense, one run each (1.05x and 1.05x; tuned against tuned 1.20x and 1.03x), one thread, batch
+1. The five replaced convs are a small share of the model's time, so a per-layer gain of 0.3 ms each is
+about 4 % of it, the size of the run-to-run spread here.
 
 Trade-off [measured, benchmarks/haste_cifar.py on all 10,000 test images, models trained by the bench on an
 H100 GPU (40 epochs, one-cycle to lr 0.1, batch 128, bfloat16): ResNet-34 91.15 %, ResNet-18 90.80 % top-1]:
