@@ -134,8 +134,7 @@ def table_row(
     clock: Any,
 ) -> str:
     """Time the dense stack and each kernel's HASTE stack, interleaved; one Markdown row."""
-    env: dict[str, Any] = {"F": F, "x": x, "weights": [conv.weight for conv in convs], **layers}
-    env["layers"] = layers
+    env: dict[str, Any] = {"F": F, "x": x, "weights": [conv.weight for conv in convs], "layers": layers}
     times: dict[str, list[float]] = {"dense": [], **{k: [] for k in layers}}
     for _ in range(args.repeats):
         times["dense"].append(seconds("for w in weights: F.conv2d(x, w, None, 1, 1)", env, args, clock))

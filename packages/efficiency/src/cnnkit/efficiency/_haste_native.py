@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cnnkit.efficiency._haste_kernels import scratch
+
 __all__ = ["NativeKernelUnavailable", "native_kernel", "native_unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("_haste_native.c")
@@ -156,16 +158,12 @@ def _bind(lib: ctypes.CDLL) -> MergeImage:
     work_size = lib.haste_work_size
     work_size.restype = ctypes.c_int64
     work_size.argtypes = [ctypes.c_int64]
-    local = threading.local()  # int64 scratch per thread and channel count
 
     def merge_image(codes: Tensor, x: Tensor, weight_rows: Tensor, means: Tensor, merged: Tensor) -> int:
         c, hw = x.shape
         r = weight_rows.shape[1]
         _check_operands(codes, x, weight_rows, means, merged)
-        scratch: dict[int, Tensor] = local.__dict__.setdefault("work", {})
-        buf = scratch.get(c)
-        if buf is None:
-            buf = scratch[c] = torch.empty(int(work_size(c)), dtype=torch.int64)
+        buf = scratch(int(work_size(c)), codes)  # the kernels' reused buffers: int64, its own key
         b = int(
             merge(
                 codes.data_ptr(),
