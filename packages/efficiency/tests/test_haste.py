@@ -458,6 +458,41 @@ def test_inference_mode_then_autograd_both_work(patch: int) -> None:
     _assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("patch", [10, 4])  # per image, per tile
+def test_compressed_path_sees_in_place_weight_edits(dtype: torch.dtype, patch: int) -> None:
+    # the cached filter rows must follow the parameter, also when the layer computes on a float32 copy of it
+    conv = _conv(c=16, o=8).to(dtype)
+    layer = _haste(conv, hyperplanes=4, patch=patch, mode="compressed")
+    x = _input(2, 16, 10, 10).to(dtype)
+    with torch.no_grad():
+        before = layer(x)
+        conv.weight.mul_(2.0)
+        after = layer(x)
+        layer.mode = "simulate"
+        expected = layer(x)
+    _assert_close(after.float(), expected.float(), rtol=1e-2, atol=1e-2)
+    assert float((after.float() - before.float()).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("patch", [10, 4])
+def test_model_built_under_inference_mode_runs_compressed(patch: int) -> None:
+    # inference tensors have no version counter: the rows are rebuilt per call (with one warning), never stale
+    with torch.inference_mode():
+        conv = _conv(c=16, o=8)
+        layer = _haste(conv, hyperplanes=4, patch=patch, mode="compressed")
+        x = _input(2, 16, 10, 10)
+        with pytest.warns(UserWarning, match="inference tensor"):
+            first = layer(x)
+        conv.weight.mul_(2.0)  # allowed in place under inference mode, invisible to a version counter
+        edited = layer(x)
+        layer.mode = "simulate"
+        expected = layer(x)
+    _assert_close(edited, expected, rtol=1e-5, atol=1e-5)
+    bias = conv.bias.view(1, -1, 1, 1)
+    _assert_close(2.0 * (first - bias), edited - bias, rtol=1e-5, atol=1e-5)  # the edit was seen
+
+
 def test_stage_hyperplanes_set_l_per_stage_and_name_bad_stages() -> None:
     torch.manual_seed(0)
     ctx = make_context()

@@ -197,6 +197,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, cast
@@ -412,6 +413,7 @@ class HASTEConv2d(nn.Conv2d):
         self._pending: list[tuple[Tensor, int, int]] = []
         self._costs: dict[tuple[int, int], _TileCosts] = {}
         self._rows_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._warned_inference_weight = False
         self._geoms: dict[tuple[int, int], TileGeometry] = {}
         self._hash_rows: dict[tuple[int, int], Tensor] = {}  # per input size, see image_hash_rows
         self.register_buffer("projection", torch.empty(0), persistent=False)
@@ -507,16 +509,29 @@ class HASTEConv2d(nn.Conv2d):
         return y.to(dtype)
 
     def _weight_rows(self, weight: Tensor, gemm: bool) -> Tensor:
-        """The fast path's weight rows, one per input channel: ``(C, K2·O)`` for a GEMM (tiles, small
-        images), ``(C, O·K2)`` for a oneDNN conv; cached while the weight is unchanged (eval-only use)."""
-        key = (gemm, weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        """The fast path's weight rows (``weight`` is ``self.weight`` as float32), one per input channel:
+        ``(C, K2·O)`` for a GEMM (tiles, small images), ``(C, O·K2)`` for a oneDNN conv.
+
+        Cached while ``self.weight`` is unchanged: the key is the parameter's own storage and version
+        counter, not ``weight``'s (for a half-precision parameter that is a fresh copy per call, whose
+        address may repeat with other values). An inference tensor has no version counter, so its rows are
+        rebuilt on every call rather than risk stale ones."""
+        source = self.weight
+        if source.is_inference():
+            self._warn_uncached_rows()
+            return _rows_of(weight, gemm, self.in_channels)
+        key = (gemm, source.data_ptr(), source._version, source.dtype, source.device)
         if self._rows_cache is not None and self._rows_cache[0] == key:
             return self._rows_cache[1]
-        order = (1, 2, 3, 0) if gemm else (1, 0, 2, 3)
         with cache_tensors():
-            rows = weight.detach().permute(*order).reshape(self.in_channels, -1).contiguous()
+            rows = _rows_of(weight, gemm, self.in_channels)
         self._rows_cache = (key, rows)
         return rows
+
+    def _warn_uncached_rows(self) -> None:
+        if not self._warned_inference_weight:
+            self._warned_inference_weight = True
+            warnings.warn(INFERENCE_WEIGHT_WARNING, stacklevel=4)
 
     def _image_forward(
         self, part: Tensor, geom: TileGeometry, weight: Tensor, weight_ck: Tensor | None, proj: Tensor
@@ -681,6 +696,21 @@ class HASTEConv2d(nn.Conv2d):
             f"patch={self.patch}, mode={self.mode!r}, kernel={self.kernel!r}"
             + (f", stage={self.stage}" if self.stage else "")
         )
+
+
+INFERENCE_WEIGHT_WARNING = (
+    "HASTEConv2d: the weight is an inference tensor (the model was created or loaded under "
+    "torch.inference_mode()); it has no version counter, so the compressed path cannot cache its filter rows "
+    "and rebuilds them on every call, which is slower. Create or load the model outside "
+    "torch.inference_mode(); running it under inference mode is fine."
+)
+
+
+def _rows_of(weight: Tensor, gemm: bool, in_channels: int) -> Tensor:
+    """``weight`` ``(O, C, kh, kw)`` as one contiguous row per input channel: ``(C, K2·O)`` if ``gemm``
+    else ``(C, O·K2)``."""
+    order = (1, 2, 3, 0) if gemm else (1, 0, 2, 3)
+    return weight.detach().permute(*order).reshape(in_channels, -1).contiguous()
 
 
 def _native_missing() -> str:
