@@ -248,6 +248,21 @@ def test_training_mode_is_the_plain_conv() -> None:
     assert layer.tally.images == 0
 
 
+@pytest.mark.parametrize("mode", ["simulate", "compressed"])
+@pytest.mark.parametrize("patch", [10, 4])
+def test_unbatched_and_empty_inputs_behave_as_nn_conv2d(mode: str, patch: int) -> None:
+    conv = _conv(c=8, o=4)
+    layer = _haste(conv, hyperplanes=3, patch=patch, mode=mode)
+    x = _input(2, 8, 9, 9)
+    with torch.no_grad():
+        _assert_close(layer(x[1]), layer(x)[1], rtol=1e-6, atol=1e-6)  # (C, H, W): one image, same output
+        empty = layer(x[:0])
+    assert empty.shape == conv(x[:0]).shape == (0, 4, 9, 9)
+    assert layer.tally.images == 3  # the unbatched image counts; the empty batch adds nothing
+    with pytest.raises(RuntimeError, match="Expected 3D"):
+        layer(x[None])  # nn.Conv2d's own message for a 5-D input
+
+
 def test_apply_replaces_stage_convs_and_export_keeps_them() -> None:
     torch.manual_seed(0)
     model = TinyResNet().eval()

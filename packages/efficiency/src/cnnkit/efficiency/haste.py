@@ -459,8 +459,10 @@ class HASTEConv2d(nn.Conv2d):
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            return super().forward(x)
+        if self.training or x.dim() != 4 or x.shape[0] == 0:
+            if not self.training and x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d takes it
+                return self._haste_forward(x.unsqueeze(0)).squeeze(0)
+            return super().forward(x)  # training; an empty batch (nothing to hash); nn.Conv2d's shape errors
         return self._haste_forward(x)
 
     def _geometry(self, h: int, w: int) -> TileGeometry:
