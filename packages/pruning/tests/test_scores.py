@@ -437,6 +437,53 @@ def test_reinit_after_mask_keeps_masks_of_theta0_and_is_seeded() -> None:
     assert torch.equal(conv(fresh[0]).weight, conv(fresh[1]).weight)
 
 
+class _Doubled(nn.Module):
+    """A user's own parametrization: ``w = 2·θ``."""
+
+    def forward(self, w: Tensor) -> Tensor:
+        return 2 * w
+
+
+def _weight_norm(layer: nn.Linear) -> nn.Module:
+    return nn.utils.parametrizations.weight_norm(layer)
+
+
+def _doubled(layer: nn.Linear) -> nn.Module:
+    nn.utils.parametrize.register_parametrization(layer, "weight", _Doubled())
+    return layer
+
+
+@pytest.mark.parametrize("parametrize_first", [_weight_norm, _doubled], ids=["weight_norm", "custom"])
+@pytest.mark.parametrize("cls", [Magnitude, SNIP])
+def test_scoring_leaves_a_parametrized_model_usable(
+    cls: type[ScoredPruner], parametrize_first: Callable[[nn.Linear], nn.Module]
+) -> None:
+    """The scoring copy bakes the parametrizations of its own modules only (they share torch's generated
+    class with the model's): the model keeps working and is scored on its effective weight."""
+    model = _mlp()
+    model[0] = parametrize_first(model[0])
+    effective = model[0].weight.detach().clone()
+    x, y = _batches(n=1, size=4, shape=(6,), classes=3)[0]
+    cls(sparsity=0.5).apply(model, Context(example_input=x, batches=[(x, y)], seed=0))
+    assert is_masked(model[0])
+    assert model(x).shape == (4, 3)
+    mask = get_mask(model[0]).bool()
+    torch.testing.assert_close(model[0].weight, effective * mask)
+    if cls is Magnitude:  # global top-k of |w|: a kept entry of layer 0 beats every pruned one
+        assert effective.abs()[mask].min() >= effective.abs()[~mask].max()
+
+
+def test_scored_pruner_stacked_after_the_weight_compander() -> None:
+    pytest.importorskip("cnnkit.regularizers")  # not a test dependency of this package
+    from cnnkit.core import MethodStack, create_method
+
+    torch.manual_seed(0)
+    model, ctx = TinyVGG(), make_context()
+    MethodStack([create_method("wc"), create_method("magnitude", sparsity=0.5)]).apply(model, ctx)
+    assert all(is_masked(m) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert torch.isfinite(model(ctx.example_input)).all()
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 

@@ -68,6 +68,7 @@ from cnnkit.core.masks import (
     is_masked,
     maskable_modules,
     masked_modules,
+    remove_parametrizations,
 )
 from cnnkit.core.method import Method, MethodNotApplicableError
 from cnnkit.pruning.interspace import (
@@ -272,7 +273,7 @@ def scoring_copy(model: nn.Module) -> nn.Module:
     for module in list(work.modules()):
         if parametrize.is_parametrized(module):
             for name in list(cast(nn.ModuleDict, module.parametrizations)):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                remove_parametrizations(module, name, leave_parametrized=True)  # the original stays intact
     for p in work.parameters():
         p.grad = None
         p.requires_grad_(False)
