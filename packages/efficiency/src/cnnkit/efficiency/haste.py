@@ -48,8 +48,13 @@ trained for 5 epochs on that CPU (83.3 %, bfloat16; the 91 % GPU model was not a
 below (L per conv for a predicted 14.5 %, from ``layer4.0.conv2``; 14.5 % cut at −1.6 pp on 1,000 test
 images of this weaker model) ran 33.9 ms with the kernel and 34.7 ms with the PyTorch ops against
 35.5 / 36.2 ms dense, one run each (1.05x and 1.05x; tuned against tuned 1.20x and 1.03x), one thread, batch
-1. The five replaced convs are a small share of the model's time, so a per-layer gain of 0.3 ms each is
-about 4 % of it, the size of the run-to-run spread here.
+1; a second run with the kernel: 30.1 against 33.7 ms (1.12x; tuned against tuned 1.13x), so the spread
+between runs is as large as the kernel's gain. The five replaced convs take about 8 ms of the dense model's
+34 (their ceiling, reduced convs at dense efficiency with hashing and merging free, is 1.40x); with hot
+weights each HASTE layer takes 0.4-0.9 ms against 1.2-1.3 ms dense (hashing 40 µs, the merge 0.2 ms, the
+reduced GEMM 0.06-0.25 ms; cold weights double the merge). Starting per image in stage 3 instead (L per conv
+for more of the FLOPs) costs accuracy fast on that model: 20.2 % cut at −1.9 pp, 25.7 % at −6.8 (1,000 test
+images; sensitivities on 500 validation images): per-image codes of 8x8 maps merge unlike channels.
 
 Trade-off [measured, benchmarks/haste_cifar.py on all 10,000 test images, models trained by the bench on an
 H100 GPU (40 epochs, one-cycle to lr 0.1, batch 128, bfloat16): ResNet-34 91.15 %, ResNet-18 90.80 % top-1]:
