@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, cast
 
@@ -235,6 +236,19 @@ def test_export_folds_to_plain_layers_with_equal_outputs(model_name: str, learna
             assert type(module) in (nn.Conv2d, nn.Linear)
     assert count_params(exported).total == count_params(plain).total
     assert set(exported.state_dict()) == set(plain.state_dict())
+
+
+def test_exporting_a_deep_copy_leaves_the_original_working() -> None:
+    method = WC()
+    model = method.apply(_model(), make_context())
+    x = seeded_batch(seed=5)[0]
+    with torch.no_grad():
+        before = model(x)
+        exported = method.export(copy.deepcopy(model))
+        torch.testing.assert_close(exported(x), before, rtol=0, atol=1e-6)
+        after = model(x)  # torch's remove_parametrizations broke the original: "no attribute 'weight'"
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert all(parametrize.is_parametrized(m, "weight") for _, m, _ in compander_layers(model))
 
 
 def test_weights_stay_bounded_under_a_large_learning_rate() -> None:

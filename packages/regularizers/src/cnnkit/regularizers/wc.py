@@ -62,7 +62,7 @@ from torch.nn.utils import parametrize
 
 from cnnkit.core.config import MethodConfig
 from cnnkit.core.context import Context
-from cnnkit.core.masks import maskable_modules
+from cnnkit.core.masks import maskable_modules, remove_parametrizations
 from cnnkit.core.method import Method, MethodNotApplicableError
 
 __all__ = ["WC", "Compander", "compander_layers"]
@@ -395,7 +395,7 @@ class WC(Method):
 
     def export(self, model: nn.Module) -> nn.Module:
         for _, module, _ in list(compander_layers(model)):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            remove_parametrizations(module, "weight")  # core's: safe on a deep copy (torch's is not)
         return model
 
     def stats(self, model: nn.Module) -> dict[str, float]:
