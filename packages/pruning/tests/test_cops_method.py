@@ -14,7 +14,7 @@ from cnnkit.core.config import ConfigError
 from cnnkit.core.context import Context
 from cnnkit.core.masks import keep_masks
 from cnnkit.core.method import MethodNotApplicableError
-from cnnkit.core.testing import TinyResNet, TinyVGG, make_context
+from cnnkit.core.testing import TinyResNet, TinyVGG, make_context, seeded_batch
 from cnnkit.pruning._base import keep_count
 from cnnkit.pruning.cops import COPS, InfeasibleControlsError, combine
 from cnnkit.pruning.scores import SNIP, Magnitude, SynFlow
@@ -166,3 +166,21 @@ def test_magnitude_sub_score_is_the_plain_pruner_score() -> None:
     direct = Magnitude(normalize="none").compute_scores(model, ctx)
     for name in direct:
         assert torch.equal(sets[0][name], direct[name])
+
+
+@pytest.mark.parametrize(
+    "score_configs",
+    [{}, {"snip": {"batches": 1}, "grasp": {"batches": 3}}, {"grasp": {"samples_per_class": 2}}],
+    ids=["same-count", "different-counts", "class-balanced-grasp"],
+)
+def test_one_shot_iterator_gives_every_sub_score_the_same_batches(score_configs: dict[str, Any]) -> None:
+    """A generator is read once and replayed: the masks equal those of the same batches given as a list."""
+    batches = [seeded_batch(seed=10 + i) for i in range(6)]
+    masks = []
+    for source in (list(batches), (b for b in batches)):
+        ctx = Context(example_input=batches[0][0], batches=source, seed=0)
+        method = COPS(scores=("snip", "grasp"), controls=(0.95,), batches=2, score_configs=score_configs)
+        masks.append(keep_masks(method.apply(_model(), ctx)))
+    assert masks[0].keys() == masks[1].keys()
+    for name in masks[0]:
+        assert torch.equal(masks[0][name], masks[1][name]), name

@@ -133,8 +133,8 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from types import MappingProxyType
@@ -146,7 +146,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from cnnkit.core.config import ConfigError
-from cnnkit.core.context import Context
+from cnnkit.core.context import Batch, Context
 from cnnkit.pruning._base import DataPrunerConfig, ScoredPruner, keep_count
 
 __all__ = ["COPS", "CombineResult", "CopsLP", "InfeasibleControlsError", "build_lp", "combine"]
@@ -1012,6 +1012,33 @@ def _scorer_classes() -> dict[str, type[ScoredPruner]]:
     return {"snip": SNIP, "synflow": SynFlow, "grasp": GraSP, "magnitude": Magnitude, "random": Random}
 
 
+class _Replay:
+    """An iterable that reads ``source`` once: every pass yields the same batches in the same order, taking
+    from ``source`` only the batches that no earlier pass has read."""
+
+    def __init__(self, source: Iterable[Batch]) -> None:
+        self._source = source
+        self._stream: Iterator[Batch] | None = None
+        self._read: list[Batch] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        index = 0
+        while (batch := self._get(index)) is not None:
+            yield batch
+            index += 1
+
+    def _get(self, index: int) -> Batch | None:
+        """The ``index``-th batch of ``source`` (read now if needed), None past its end."""
+        if index < len(self._read):
+            return self._read[index]
+        if self._stream is None:
+            self._stream = iter(self._source)
+        batch = next(self._stream, None)
+        if batch is not None:
+            self._read.append(batch)
+        return batch
+
+
 class COPS(ScoredPruner):
     """COPS (Wimmer, Mehnert, Condurache, IJCNN 2021): maximize the main score's value subject to keeping
     γⱼ of each auxiliary score's best value (the LP of :func:`combine`); see the module docstring.
@@ -1099,8 +1126,13 @@ class COPS(ScoredPruner):
         return controls * (len(self.config.scores) - 1) if len(controls) == 1 else controls
 
     def score_sets(self, model: nn.Module, ctx: Context) -> list[dict[str, Tensor]]:
-        """The sub-scores of ``model``'s maskable weights, one dict per name of ``scores`` (main first)."""
-        return [scorer.compute_scores(model, ctx) for scorer in self.scorers]
+        """The sub-scores of ``model``'s maskable weights, one dict per name of ``scores`` (main first).
+
+        ``ctx.batches`` is read once and replayed (:class:`_Replay`): every data-dependent sub-score sees the
+        same batches, also when ``ctx.batches`` is a one-shot iterator such as a generator.
+        """
+        shared = ctx if ctx.batches is None else replace(ctx, batches=_Replay(ctx.batches))
+        return [scorer.compute_scores(model, shared) for scorer in self.scorers]
 
     def combine_masks(self, sets: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """Keep-masks solving the COPS LP of the sub-scores (global: one LP; layerwise: one per tensor)."""
