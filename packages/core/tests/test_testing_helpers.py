@@ -9,11 +9,13 @@ import pytest
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cnnkit.core import Context, Method, MethodConfig
 from cnnkit.core.method import MethodNotApplicableError
 from cnnkit.core.testing import (
     TINY_MODELS,
+    check_apply_train_export,
     check_determinism,
     check_export_preserves_output,
     check_method_contract,
@@ -79,6 +81,25 @@ class LossyExport(AddGain):
         return model
 
 
+class Halve(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * 0.5
+
+
+class CopyUnsafeExport(AddGain):
+    """Exports with torch's ``remove_parametrizations``, which breaks the original of a deep copy."""
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        parametrize.register_parametrization(conv, "weight", Halve())
+        return model
+
+    def export(self, model: nn.Module) -> nn.Module:
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        parametrize.remove_parametrizations(conv, "weight")
+        return model
+
+
 class HiddenState(AddGain):
     """Keeps a tensor outside the state_dict that changes the function: the round trip must catch it."""
 
@@ -131,6 +152,7 @@ def test_contract_reports_nan() -> None:
     ("factory", "check", "message"),
     [
         (Unseeded, check_determinism, "same seed differ"),
+        (CopyUnsafeExport, check_apply_train_export, "broke the original model"),
         (LossyExport, check_export_preserves_output, "export changed"),
         (HiddenState, check_state_dict_roundtrip, "round trip"),
         (BadStats, check_stats, "not finite"),

@@ -241,6 +241,19 @@ def check_apply_train_export(
     assert out.shape == trained.shape, (
         f"export changed the output shape {tuple(trained.shape)} → {tuple(out.shape)}"
     )
+    _check_original_kept(model, trained)
+
+
+def _check_original_kept(model: nn.Module, before: torch.Tensor) -> None:
+    """The original of an exported deep copy still runs and computes ``before`` (e.g. torch's
+    ``remove_parametrizations`` on a copy deletes the property from the class it shares with the original)."""
+    try:
+        after = _eval_output(model)
+    except Exception as exc:  # any error here is the failure being checked
+        raise AssertionError(f"exporting a deep copy broke the original model: {exc!r}") from exc
+    torch.testing.assert_close(
+        after, before, rtol=1e-5, atol=1e-6, msg="exporting a deep copy changed the original model's output"
+    )
 
 
 def method_export(make_method: Callable[[], Method], model: nn.Module) -> nn.Module:
