@@ -424,6 +424,16 @@ def test_stats_report_density_count_and_effective_macs() -> None:
     assert not any(is_masked(m) for m in exported.modules())
 
 
+def test_stats_follow_the_model_to_another_dtype() -> None:
+    """The example input stored at apply is moved to the model's current dtype (and device) for the MACs."""
+    method = Magnitude(sparsity=0.9)
+    model = method.apply(TinyResNet(), make_context())
+    before = method.stats(model)
+    after = method.stats(model.double())
+    assert after == pytest.approx(before)
+    assert 0 < after["effective_macs_ratio"] < 0.5
+
+
 def test_reinit_after_mask_keeps_masks_of_theta0_and_is_seeded() -> None:
     torch.manual_seed(0)
     base = TinyVGG()

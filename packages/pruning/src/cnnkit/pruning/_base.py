@@ -292,10 +292,14 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def to_model(batch: Batch, model: nn.Module) -> Batch:
     """``(x, y)`` on the model's device; a floating ``x`` in the model's dtype."""
-    device, dtype = _model_device_dtype(model)
     x, y = batch
-    x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-    return x, y.to(device)
+    return _to_model_input(x, model), y.to(_model_device_dtype(model)[0])
+
+
+def _to_model_input(x: Tensor, model: nn.Module) -> Tensor:
+    """``x`` on the model's current device; a floating ``x`` also in its current dtype."""
+    device, dtype = _model_device_dtype(model)
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
 
 
 def scoring_batches(ctx: Context, limit: int, model: nn.Module) -> list[Batch]:
@@ -472,7 +476,7 @@ class ScoredPruner(Method):
             **interspace_stats(model, float(counts.masked_kept), float(counts.masked_total)),
         }
         if self._example is not None:
-            flops = count_flops(model, self._example)
+            flops = count_flops(model, _to_model_input(self._example, model))
             if flops.macs > 0:
                 out["effective_macs_ratio"] = flops.effective_macs / flops.macs
         return out
