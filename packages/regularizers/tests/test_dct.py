@@ -7,6 +7,7 @@ import pytest
 import scipy.fft
 import torch
 
+from cnnkit.regularizers import _dct
 from cnnkit.regularizers._dct import (
     AUTO_MATMUL_MAX_N,
     DENSE_2D_MAX,
@@ -124,3 +125,20 @@ def test_cuda_matches_cpu(impl: DctImpl) -> None:
         torch.testing.assert_close(fn(x.cuda(), impl=impl).cpu(), fn(x, impl=impl), rtol=1e-5, atol=1e-5)
     flat = x.flatten(2)
     torch.testing.assert_close(dct(flat.cuda(), impl=impl).cpu(), dct(flat, impl=impl), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrices_cached_under_inference_mode_still_work_with_autograd(dtype: torch.dtype) -> None:
+    _dct._matrix.cache_clear()
+    _dct._kron.cache_clear()
+    shapes = [(4, 4), (14, 14)]  # the Kronecker and the separable 2-D path, and 1-D of length 16 and 196
+    with torch.inference_mode():
+        for h, w in shapes:
+            idct_2d(dct_2d(torch.randn(2, h, w, dtype=dtype), impl="matmul"), impl="matmul")
+            idct(dct(torch.randn(2, h * w, dtype=dtype), impl="matmul"), impl="matmul")
+    for h, w in shapes:  # "Inference tensors cannot be saved for backward" when the cache held them
+        x = torch.randn(2, h, w, dtype=dtype, requires_grad=True)
+        idct_2d(dct_2d(x, impl="matmul"), impl="matmul").sum().backward()  # type: ignore[no-untyped-call]
+        y = torch.randn(2, h * w, dtype=dtype, requires_grad=True)
+        idct(dct(y, impl="matmul"), impl="matmul").sum().backward()  # type: ignore[no-untyped-call]
+        assert x.grad is not None and y.grad is not None

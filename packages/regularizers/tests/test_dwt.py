@@ -169,13 +169,15 @@ def test_filters_cached_per_wavelet_dtype_device() -> None:
     assert not first[0].requires_grad
 
 
-def test_cache_filled_under_inference_mode_still_works_with_autograd() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cache_filled_under_inference_mode_still_works_with_autograd(dtype: torch.dtype) -> None:
+    _dwt._bank.cache_clear()  # float64 CPU filters are views of the bank's tensors
     _dwt._filters_1d.cache_clear()
     _dwt._filters_2d.cache_clear()
     with torch.inference_mode():
-        dwt1d(torch.randn(2, 16), level=3)
-        dwt2d(torch.randn(2, 8, 8))
-    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+        dwt1d(torch.randn(2, 16, dtype=dtype), level=3)
+        dwt2d(torch.randn(2, 8, 8, dtype=dtype))
+    x = torch.randn(2, 1, 8, 8, dtype=dtype, requires_grad=True)
     idwt2d(dwt2d(x)).sum().backward()  # type: ignore[no-untyped-call]  # fails on inference tensors
     a, ds = dwt1d(x.flatten(1), level=3)
     idwt1d(a, ds).sum().backward()  # type: ignore[no-untyped-call]

@@ -16,6 +16,7 @@ from cnnkit.core.config import ConfigError
 from cnnkit.core.method import MethodNotApplicableError
 from cnnkit.core.sites import Inserted
 from cnnkit.core.testing import TinyResNet, TinyVGG, check_method_contract, make_context
+from cnnkit.regularizers import _dct
 from cnnkit.regularizers.sfd import SFD, SpectralFourierDropout, Variant, num_pruned, spectral_fourier_dropout
 
 VARIANTS: list[Variant] = ["1d", "2d"]
@@ -254,3 +255,14 @@ def test_cuda_pruning_matches_cpu(variant: Variant) -> None:
     y_cpu = spectral_fourier_dropout(x, 0.0, 0.3, variant)
     y_gpu = spectral_fourier_dropout(x.cuda(), 0.0, 0.3, variant)
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["1d", "2d"])
+def test_a_forward_under_inference_mode_does_not_break_later_training(variant: Variant) -> None:
+    _dct._matrix.cache_clear()
+    _dct._kron.cache_clear()
+    with torch.inference_mode():
+        SpectralFourierDropout(0.2, 0.1, variant).train()(torch.randn(2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    SpectralFourierDropout(0.2, 0.1, variant).train()(x).sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None

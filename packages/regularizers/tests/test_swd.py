@@ -400,3 +400,14 @@ def test_auto_position_follows_the_papers_resolution_rule() -> None:
     assert SWD(variant="1d").position(high) == "before"
     assert SWD(variant="2d").position(low) == "before"
     assert SWD(variant="1d", position="after").position(high) == "after"
+
+
+def test_a_float64_conv_forward_under_inference_mode_does_not_break_later_training() -> None:
+    _dwt._bank.cache_clear()
+    _dwt._filters_1d.cache_clear()
+    layer = SpectralWaveletDropout(0.3, "1d", impl="conv").train()
+    with torch.inference_mode():
+        layer(torch.randn(2, 3, 4, 4, dtype=torch.float64))
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    layer(x).sum().backward()  # type: ignore[no-untyped-call]  # "Inference tensors cannot be saved ..."
+    assert x.grad is not None

@@ -58,23 +58,25 @@ def _scale(n: int, norm: DctNorm) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _matrix(n: int, norm: DctNorm, inverse: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    k = torch.arange(n, dtype=torch.int64).unsqueeze(1)
-    i = torch.arange(n, dtype=torch.int64).unsqueeze(0)
-    phase = (k * (2 * i + 1)) % (4 * n)  # exact argument reduction: cos(π m / 2n) has period 4n in m
-    ortho = torch.cos(math.pi * phase.double() / (2.0 * n)) * math.sqrt(2.0 / n)
-    ortho[0] /= math.sqrt(2.0)
-    scale = _scale(n, norm).unsqueeze(1)
-    matrix = (ortho / scale).T if inverse else ortho * scale
-    return matrix.to(dtype=dtype, device=device).contiguous()
+    with torch.inference_mode(False):  # cached: a first call under inference mode must not poison it
+        k = torch.arange(n, dtype=torch.int64).unsqueeze(1)
+        i = torch.arange(n, dtype=torch.int64).unsqueeze(0)
+        phase = (k * (2 * i + 1)) % (4 * n)  # exact argument reduction: cos(π m / 2n) has period 4n in m
+        ortho = torch.cos(math.pi * phase.double() / (2.0 * n)) * math.sqrt(2.0 / n)
+        ortho[0] /= math.sqrt(2.0)
+        scale = _scale(n, norm).unsqueeze(1)
+        matrix = (ortho / scale).T if inverse else ortho * scale
+        return matrix.to(dtype=dtype, device=device).contiguous()
 
 
 @lru_cache(maxsize=64)
 def _kron(
     h: int, w: int, norm: DctNorm, inverse: bool, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    rows = _matrix(h, norm, inverse, torch.float64, torch.device("cpu"))
-    cols = _matrix(w, norm, inverse, torch.float64, torch.device("cpu"))
-    return torch.kron(rows, cols).to(dtype=dtype, device=device).contiguous()
+    with torch.inference_mode(False):
+        rows = _matrix(h, norm, inverse, torch.float64, torch.device("cpu"))
+        cols = _matrix(w, norm, inverse, torch.float64, torch.device("cpu"))
+        return torch.kron(rows, cols).to(dtype=dtype, device=device).contiguous()
 
 
 def dct_matrix(

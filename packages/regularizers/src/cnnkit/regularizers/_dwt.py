@@ -101,9 +101,10 @@ def _bank(wavelet: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(analysis, synthesis) filters, float64 CPU, each (2, L) as (low, high). Analysis filters are
     reversed, because torch convolutions are cross-correlations."""
     w = pywt.Wavelet(check_wavelet(wavelet))
-    dec = torch.tensor([w.dec_lo, w.dec_hi], dtype=torch.float64).flip(-1)
-    rec = torch.tensor([w.rec_lo, w.rec_hi], dtype=torch.float64)
-    return dec, rec
+    with torch.inference_mode(False):  # float64 CPU filters are views of these: no inference tensors
+        dec = torch.tensor([w.dec_lo, w.dec_hi], dtype=torch.float64).flip(-1)
+        rec = torch.tensor([w.rec_lo, w.rec_hi], dtype=torch.float64)
+        return dec, rec
 
 
 def filter_length(wavelet: str) -> int:
