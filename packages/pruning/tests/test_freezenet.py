@@ -301,10 +301,37 @@ def test_bad_config_names_the_field(overrides: dict[str, Any], field: str) -> No
         FreezeNet(**overrides)
 
 
-def test_no_batches_gives_a_clear_error() -> None:
-    ctx = Context(example_input=torch.randn(2, 3, 16, 16))
+def _snapshot(model: nn.Module) -> tuple[dict[str, type], dict[str, Tensor]]:
+    types = {name: type(m) for name, m in model.named_modules()}
+    return types, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_unchanged(model: nn.Module, before: tuple[dict[str, type], dict[str, Tensor]]) -> None:
+    types, state = _snapshot(model)
+    assert types == before[0]
+    assert state.keys() == before[1].keys()
+    for key, value in state.items():
+        assert torch.equal(value, before[1][key]), key
+
+
+@pytest.mark.parametrize("interspace", [False, True])
+def test_no_batches_gives_a_clear_error_and_leaves_the_model_unchanged(interspace: bool) -> None:
+    """The seeded re-initialisation (and the IP conversion) happen only once scoring has succeeded."""
+    ctx = Context(example_input=torch.randn(2, 3, 16, 16), seed=0)
+    model = TinyVGG()
+    before = _snapshot(model)
     with pytest.raises(ValueError, match="needs data"):
-        FreezeNet().apply(TinyVGG(), ctx)
+        FreezeNet(interspace=interspace).apply(model, ctx)
+    _assert_unchanged(model, before)
+
+
+def test_interspace_without_kxk_convs_is_not_applicable_and_leaves_the_model_unchanged() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 10))
+    before = _snapshot(model)
+    with pytest.raises(MethodNotApplicableError, match="K×K kernel"):
+        FreezeNet(interspace=True).apply(model, make_context())
+    _assert_unchanged(model, before)
 
 
 def test_model_without_maskable_layers_is_not_applicable() -> None:

@@ -549,6 +549,34 @@ def test_wrong_score_shapes_and_double_masking_are_clear_errors() -> None:
         SNIP().apply(model, make_context())
 
 
+class _NaNScore(Magnitude):
+    def score(self, model: nn.Module, ctx: Context) -> dict[str, Tensor]:
+        return {n: torch.full_like(s, math.nan) for n, s in super().score(model, ctx).items()}
+
+
+@pytest.mark.parametrize(
+    ("make", "ctx", "error"),
+    [
+        (lambda: SNIP(interspace=True), Context(example_input=torch.randn(2, 3, 16, 16)), "needs data"),
+        (lambda: _NaNScore(interspace=True), make_context(), "NaN"),
+        (lambda: _NaNScore(reinit_after_mask=True), make_context(), "NaN"),
+    ],
+    ids=["ip-no-batches", "ip-bad-score", "reinit-bad-score"],
+)
+def test_failed_apply_leaves_the_model_unchanged(
+    make: Callable[[], ScoredPruner], ctx: Context, error: str
+) -> None:
+    """The interspace conversion happens only once scoring has succeeded (it is scored on a copy)."""
+    model = TinyVGG()
+    types = {name: type(m) for name, m in model.named_modules()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=error):
+        make().apply(model, ctx)
+    assert {name: type(m) for name, m in model.named_modules()} == types
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
 # --------------------------------------------------------------------------------------------- contract
 
 

@@ -23,10 +23,12 @@ function, :meth:`ScoredPruner.score` (higher = keep), and the base class does th
 4. the masks are attached with core's ``prune`` parametrization (``w = m⊙θ``,
    :func:`cnnkit.core.masks.apply_mask`); a freezer overrides :meth:`ScoredPruner.attach_mask`.
 
-Interspace Pruning (``interspace=True``, METHODS.md §12, :mod:`cnnkit.pruning.interspace`): before step 2
-every conv with a K×K kernel, K > 1, is converted in place (same module objects) so that its ``weight`` holds
-the coefficients ``Λ`` of a trainable per-layer basis ``F``; steps 1–4 then act on ``Λ`` unchanged (1×1
-convs and linears stay spatial, in the same pool). ``param_groups`` gives the bases their own group
+Interspace Pruning (``interspace=True``, METHODS.md §12, :mod:`cnnkit.pruning.interspace`): every conv with
+a K×K kernel, K > 1, is converted in place (same module objects) so that its ``weight`` holds the
+coefficients ``Λ`` of a trainable per-layer basis ``F``; steps 1–4 act on ``Λ`` unchanged (1×1 convs and
+linears stay spatial, in the same pool). Step 2 scores a converted copy, and the model is converted only
+after scoring has succeeded (:meth:`ScoredPruner.prepare`), so a failed ``apply`` leaves the model as it
+was (one more model copy in memory while scoring). ``param_groups`` gives the bases their own group
 (``basis_weight_decay = 0``); ``export`` bakes the masks, then turns the convs back into plain dense
 ``nn.Conv2d``.
 
@@ -426,14 +428,36 @@ class ScoredPruner(Method):
         """Mask ``module.weight`` (override for freezing)."""
         apply_mask(module, mask, mode=self.mask_mode)
 
+    def prepare(self, model: nn.Module, ctx: Context) -> None:
+        """Change ``model`` in place before it is scored: Interspace Pruning's conversion (same modules,
+        ``weight`` then holds ``Λ``) under ``interspace=True``, else nothing.
+
+        It must be deterministic: :meth:`apply` scores a prepared copy and prepares the model itself only
+        once scoring has succeeded, so that a failed ``apply`` leaves the model unchanged.
+        """
+        prepare_interspace(model, self.config)
+
+    def prepares_model(self) -> bool:
+        """Whether :meth:`prepare` changes the model (then :meth:`apply` scores a prepared copy)."""
+        return self.config.interspace
+
+    def _scored_model(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """``model`` as :meth:`score` must see it: ``model`` itself, or a prepared copy."""
+        if not self.prepares_model():
+            return model
+        work = copy.deepcopy(model)
+        self.prepare(work, ctx)
+        return work
+
     # -- events ---------------------------------------------------------------------------------------
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Score, select and attach the masks; every check and the scoring run before ``model`` changes."""
         targets = self.targets(model)
         taken = [name for name, module in targets if is_masked(module)]
         if taken:
             raise ValueError(f"{self._owner()}: weights of {taken} are already masked by another method")
-        prepare_interspace(model, self.config)  # in place: the same modules, `weight` now holds Λ
-        masks = self.select(self.compute_scores(model, ctx))
+        masks = self.select(self.compute_scores(self._scored_model(model, ctx), ctx))
+        self.prepare(model, ctx)  # scoring succeeded: now the same change on the model
         if self.config.reinit_after_mask:
             _reinitialize(model, ctx)
         for name, module in targets:

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from cnnkit.core.context import Batch, Context
-from cnnkit.core.masks import apply_mask, get_weight_mask, is_masked, masked_modules
+from cnnkit.core.masks import apply_mask, get_weight_mask, masked_modules
 from cnnkit.pruning._base import DataPrunerConfig, ScoredPruner, drt_stats, scoring_batches
 from cnnkit.pruning.interspace import interspace_modules, prepare_interspace, to_interspace
 from cnnkit.pruning.scores import snip_scores
@@ -397,17 +397,20 @@ class FreezeNet(ScoredPruner):
         """Freeze ``module.weight`` where ``mask`` is 0 at its current (seeded) values; record the seed."""
         apply_mask(module, mask, mode="freeze", seed=self._seed)
 
+    def prepare(self, model: nn.Module, ctx: Context) -> None:
+        """θ₀ from the seed (:func:`regenerate`), then the interspace conversion under ``interspace=True``
+        (``weight`` then holds ``Λ₀``); :meth:`apply` runs it on a copy first, so a failed ``apply``
+        leaves the model unchanged."""
+        regenerate(model, cast(int, self._seed))
+        prepare_interspace(model, self.config)
+
+    def prepares_model(self) -> bool:
+        return True
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        targets = self.targets(model)
-        taken = [name for name, module in targets if is_masked(module)]
-        if taken:
-            raise ValueError(f"{self._owner()}: weights of {taken} are already masked by another method")
         self._seed = self.resolve_seed(ctx)
-        regenerate(model, self._seed)
-        prepare_interspace(model, self.config)  # no-op unless interspace=True: then `weight` holds Λ₀
-        masks = self.select(self.compute_scores(model, ctx))
-        for name, module in targets:
-            self.attach_mask(module, masks[name], ctx)
+        model = super().apply(model, ctx)
+        targets = self.targets(model)
         if not self.config.train_bias_bn:
             masked = {id(_original(m)) for _, m in targets}
             for p in model.parameters():
@@ -416,8 +419,6 @@ class FreezeNet(ScoredPruner):
         if self.config.frozen_weight_decay:
             self._theta0 = {n: cast(Any, get_weight_mask(m)).frozen.detach().clone() for n, m in targets}
             self._scales = dict.fromkeys(self._theta0, 1.0)
-        self._model = model
-        self._example = ctx.example_input[:1].detach()
         return model
 
     def after_step(self, ctx: Context) -> None:
