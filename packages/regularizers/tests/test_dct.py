@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -142,3 +144,10 @@ def test_matrices_cached_under_inference_mode_still_work_with_autograd(dtype: to
         y = torch.randn(2, h * w, dtype=dtype, requires_grad=True)
         idct(dct(y, impl="matmul"), impl="matmul").sum().backward()  # type: ignore[no-untyped-call]
         assert x.grad is not None and y.grad is not None
+
+
+@pytest.mark.parametrize("transform", [dct, idct, dct_2d, idct_2d])
+def test_fft_of_an_empty_batch_is_empty(transform: Callable[..., torch.Tensor]) -> None:
+    x = torch.randn(0, 3, 5, 600, dtype=torch.float64)  # torch's CPU FFT rejects empty batches
+    assert transform(x, impl="fft").shape == x.shape
+    assert transform(x, impl="auto").dtype == torch.float64

@@ -307,3 +307,21 @@ def test_cuda_autocast_float16_matches_cpu() -> None:
         y = gpu(x.cuda().half())
     assert y.dtype == torch.float16
     torch.testing.assert_close(y.float().cpu(), expected, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("impl", ["closed_form", "fft"])
+@pytest.mark.parametrize("training", [True, False])
+def test_empty_batch_behaves_like_batchnorm2d(impl: str, training: bool) -> None:
+    layer = SpectralBatchNorm2d(3, impl=impl).train(training)  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.running_mean.fill_(0.5)
+        layer.running_var.fill_(2.0)
+    x = torch.randn(0, 3, 8, 8, requires_grad=True)
+    y = layer(x)  # was: ZeroDivisionError (closed form, training) or an MKL error (fft)
+    assert y.shape == nn.BatchNorm2d(3).train(training)(x).shape == (0, 3, 8, 8)
+    assert y.dtype == x.dtype
+    y.sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and x.grad.shape == x.shape
+    torch.testing.assert_close(layer.weight.grad, torch.zeros(3))
+    torch.testing.assert_close(layer.running_mean, torch.full((3, 2), 0.5))  # unchanged, as in BatchNorm2d
+    torch.testing.assert_close(layer.running_var, torch.full((3,), 2.0))

@@ -266,3 +266,12 @@ def test_a_forward_under_inference_mode_does_not_break_later_training(variant: V
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     SpectralFourierDropout(0.2, 0.1, variant).train()(x).sum().backward()  # type: ignore[no-untyped-call]
     assert x.grad is not None
+
+
+@pytest.mark.parametrize(("variant", "size"), [("1d", (30, 31)), ("2d", (2, 600))])  # H·W or W > 512: FFT
+def test_empty_batch_on_the_fft_path_gives_an_empty_output(variant: Variant, size: tuple[int, int]) -> None:
+    x = torch.randn(0, 3, *size, requires_grad=True)
+    y = SpectralFourierDropout(0.2, 0.1, variant).train()(x)  # was: "MKL FFT error: ... Inconsistent ..."
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and x.grad.shape == x.shape

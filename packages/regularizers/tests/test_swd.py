@@ -411,3 +411,26 @@ def test_a_float64_conv_forward_under_inference_mode_does_not_break_later_traini
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     layer(x).sum().backward()  # type: ignore[no-untyped-call]  # "Inference tensors cannot be saved ..."
     assert x.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("variant", "impl", "mode", "size"),
+    [
+        ("1d", "conv", "zero", (4, 4)),
+        ("1d", "auto", "symmetric", (40, 40)),  # auto picks the conv path here
+        ("1d", "conv", "periodization", (5, 7)),
+        ("1d", "matmul", "zero", (4, 4)),
+        ("1d", "structured", "zero", (40, 40)),
+        ("2d", "conv", "symmetric", (5, 7)),
+        ("2d", "structured", "zero", (40, 40)),
+    ],
+)
+def test_empty_batch_gives_an_empty_output(variant: str, impl: str, mode: str, size: tuple[int, int]) -> None:
+    layer = SpectralWaveletDropout(0.3, variant, impl=impl, mode=mode, mask_granularity="sample").train()
+    x = torch.randn(0, 3, *size, requires_grad=True)
+    if impl == "auto":
+        assert layer.path(x) == "conv"
+    y = layer(x)  # the 1-D conv path failed: "cannot reshape tensor of 0 elements into shape [0, 3, -1]"
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and x.grad.shape == x.shape

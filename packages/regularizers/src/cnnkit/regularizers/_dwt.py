@@ -248,8 +248,8 @@ def dwt1d(
     for _ in range(level):
         bands = _analysis(approx, 1, wavelet, mode)
         approx = bands[:, :1]
-        details.append(bands[:, 1].reshape(*lead, -1))
-    return approx.reshape(*lead, -1), details
+        details.append(bands[:, 1].reshape(*lead, bands.shape[-1]))  # explicit lengths: lead may hold a 0
+    return approx.reshape(*lead, approx.shape[-1]), details
 
 
 def idwt1d(
@@ -273,7 +273,8 @@ def idwt1d(
         elif approx.shape[-1] != m:
             raise ValueError(f"coefficient length mismatch: approximation {approx.shape[-1]}, detail {m}")
         stacked = torch.stack([approx.reshape(-1, m), detail.reshape(-1, m)], dim=1)
-        approx = _synthesis(stacked, 1, wavelet, mode).reshape(*lead, -1)
+        approx = _synthesis(stacked, 1, wavelet, mode)
+        approx = approx.reshape(*lead, approx.shape[-1])
     return approx if length is None else approx[..., :length]
 
 

@@ -251,8 +251,16 @@ class SpectralBatchNorm2d(nn.Module):
         dtype = _compute_dtype(x, self.compute_dtype)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.to(dtype)
-            y = self._closed_form(xc) if self.impl == "closed_form" else self._fft(xc)
+            if x.shape[0] == 0:
+                y = self._empty_batch(xc)
+            else:
+                y = self._closed_form(xc) if self.impl == "closed_form" else self._fft(xc)
         return y.to(x.dtype)
+
+    def _empty_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``nn.BatchNorm2d`` on an empty batch: an empty output (connected to x, γ and β, whose gradients
+        are then zero) and the running statistics unchanged, in training and in eval mode."""
+        return x * _per_channel(self.weight.to(x.dtype)) + _per_channel(self.bias.to(x.dtype))
 
     def _closed_form(self, x: torch.Tensor) -> torch.Tensor:
         """y = a·x + Re z·irfft2(1) + Im z·irfft2(i·1), a = γ/√(σ² + ε), z = β − a·µ (module docstring)."""
