@@ -178,3 +178,16 @@ def test_stats() -> None:
 @pytest.mark.parametrize("config", [dict(SR.contract_config), {}])
 def test_contract(config: dict[str, Any]) -> None:
     check_method_contract(lambda: SR(**config))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((16, 8, 8), r"4-D \(N, C, H, W\) input, got 3-D shape \(16, 8, 8\); add a batch dimension"),
+        ((2, 16, 8, 8, 1), r"4-D \(N, C, H, W\) input, got 5-D shape \(2, 16, 8, 8, 1\)$"),
+        ((2, 4, 8, 8), r"\(C, H, W\) = \(16, 8, 8\) got an input of shape \(2, 4, 8, 8\); the channel count"),
+    ],
+)
+def test_input_errors_name_the_actual_problem(shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):  # an unbatched input used to blame the channel count
+        SqueezeRemember(16, 8, 8)(torch.randn(shape))

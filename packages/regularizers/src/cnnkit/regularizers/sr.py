@@ -109,8 +109,13 @@ class SqueezeRemember(nn.Module):
         return x + recalled
 
     def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:  # batched only, like the stages around it (the memory is mixed per sample)
+            raise ValueError(
+                f"SR block expects a 4-D (N, C, H, W) input, got {x.dim()}-D shape {tuple(x.shape)}"
+                + ("; add a batch dimension, e.g. x.unsqueeze(0)" if x.dim() == 3 else "")
+            )
         got = tuple(x.shape[1:])
-        if x.dim() != 4 or got[0] != self.size[0]:
+        if got[0] != self.size[0]:
             raise ValueError(
                 f"SR block built for inputs of shape (C, H, W) = {self.size} got an input of shape "
                 f"{tuple(x.shape)}; the channel count must match"
