@@ -19,7 +19,15 @@ from cnnkit.core.context import Context
 from cnnkit.core.loop import MethodRunner
 from cnnkit.core.masks import get_mask, is_masked
 from cnnkit.core.method import MethodNotApplicableError
-from cnnkit.core.testing import TinyResNet, TinyVGG, check_method_contract, make_context, seeded_batch
+from cnnkit.core.testing import (
+    TinyResNet,
+    TinyVGG,
+    check_method_contract,
+    make_context,
+    method_factory,
+    registered_method_names,
+    seeded_batch,
+)
 from cnnkit.pruning._base import ScoredPruner, keep_count, select_masks, top_k_mask
 from cnnkit.pruning.scores import SNIP, GraSP, Magnitude, Random, SynFlow, class_balanced_chunks
 
@@ -575,6 +583,49 @@ def test_failed_apply_leaves_the_model_unchanged(
     assert {name: type(m) for name, m in model.named_modules()} == types
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+class _Tied(nn.Module):
+    """``b`` uses ``a``'s weight Parameter (tied weights); ``c`` has its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return out
+
+
+def _tied_context() -> Context:
+    x, y = _batches(n=1, size=4, shape=(6,), classes=3)[0]
+    x = x.float()
+    return Context(example_input=x, batches=[(x, y)], seed=0, total_steps=4, total_epochs=2)
+
+
+@pytest.mark.parametrize("name", registered_method_names("cnnkit-pruning", kind="pruner"))
+def test_tied_weights_are_refused_before_the_model_changes(name: str) -> None:
+    torch.manual_seed(0)
+    model = _Tied()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with pytest.raises(MethodNotApplicableError, match=r"tied weights.*a\.weight = b\.weight"):
+        method_factory(name)().apply(model, _tied_context())
+    assert not any(is_masked(m) for m in model.modules())
+    assert model.b.weight is model.a.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_tied_weights_kept_dense_or_tied_to_a_non_target_are_handled() -> None:
+    torch.manual_seed(0)
+    model = Random(sparsity=0.5, exclude=("a", "b")).apply(_Tied(), _tied_context())
+    assert [n for n, m in model.named_modules() if is_masked(m)] == ["c"]
+    embedded = nn.Sequential(nn.Embedding(3, 6), nn.Linear(6, 3, bias=False))
+    embedded[1].weight = nn.Parameter(torch.randn(3, 6))
+    embedded[0].weight = embedded[1].weight  # an output layer tied to the input embedding
+    with pytest.raises(MethodNotApplicableError, match=r"0\.weight = 1\.weight"):
+        Random().apply(embedded, Context(example_input=torch.zeros(2, 1, dtype=torch.long)))
+    assert not is_masked(embedded[1])
 
 
 # --------------------------------------------------------------------------------------------- contract

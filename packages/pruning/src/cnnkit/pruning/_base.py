@@ -6,7 +6,9 @@ function, :meth:`ScoredPruner.score` (higher = keep), and the base class does th
 
 1. ``targets``: the maskable tensors -- the ``weight`` of every conv (any ``_ConvNd``) and ``nn.Linear``
    module by default (``include``), minus ``exclude`` (exact module names, or ``"first"`` / ``"last"``);
-   biases, BN and everything else stay dense [paper: code (SynFlow's defaults)].
+   biases, BN and everything else stay dense [paper: code (SynFlow's defaults)]. A maskable weight that is one
+   ``Parameter`` shared by several modules (tied weights) is refused at ``apply`` with
+   :class:`~cnnkit.core.method.MethodNotApplicableError` naming them: it would be masked once per module.
 2. ``compute_scores``: :meth:`score` runs on a private *scoring copy* of the model (``copy.deepcopy`` with
    every parametrization baked into a plain parameter), inside a forked RNG. The model itself -- values,
    buffers (BN running statistics), train/eval flags, ``requires_grad``, ``.grad`` and the global RNG -- is
@@ -428,6 +430,22 @@ class ScoredPruner(Method):
         """Mask ``module.weight`` (override for freezing)."""
         apply_mask(module, mask, mode=self.mask_mode)
 
+    def _check_unshared(self, model: nn.Module, targets: Sequence[tuple[str, nn.Module]]) -> None:
+        """Refuse a maskable weight that is one ``Parameter`` shared with another module (tied weights): it
+        would get one mask per module, neither the requested sparsity nor what ``stats`` counts.
+
+        Raises:
+            MethodNotApplicableError: naming the modules that share each such parameter.
+        """
+        tied = _shared_weights(model, targets)
+        if tied:
+            listed = "; ".join(" = ".join(names) for names in tied)
+            raise MethodNotApplicableError(
+                f"{self._owner()}: tied weights are not supported: {listed} are one shared Parameter "
+                "(it would be masked once per module). Untie them, e.g. "
+                "b.weight = nn.Parameter(a.weight.detach().clone()), or keep those modules dense (exclude)"
+            )
+
     def prepare(self, model: nn.Module, ctx: Context) -> None:
         """Change ``model`` in place before it is scored: Interspace Pruning's conversion (same modules,
         ``weight`` then holds ``Λ``) under ``interspace=True``, else nothing.
@@ -456,6 +474,7 @@ class ScoredPruner(Method):
         taken = [name for name, module in targets if is_masked(module)]
         if taken:
             raise ValueError(f"{self._owner()}: weights of {taken} are already masked by another method")
+        self._check_unshared(model, targets)
         masks = self.select(self.compute_scores(self._scored_model(model, ctx), ctx))
         self.prepare(model, ctx)  # scoring succeeded: now the same change on the model
         if self.config.reinit_after_mask:
@@ -504,6 +523,20 @@ class ScoredPruner(Method):
             if flops.macs > 0:
                 out["effective_macs_ratio"] = flops.effective_macs / flops.macs
         return out
+
+
+def _shared_weights(model: nn.Module, targets: Sequence[tuple[str, nn.Module]]) -> list[list[str]]:
+    """The qualified names under which each target's ``weight`` parameter (or a parameter its ``weight``
+    parametrization holds) appears in ``model``, for every such parameter that appears more than once."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    tied: dict[int, list[str]] = {}
+    for _, module in targets:
+        for local, p in module.named_parameters(remove_duplicate=False):
+            if (local == "weight" or local.startswith("parametrizations.weight.")) and len(owners[id(p)]) > 1:
+                tied[id(p)] = owners[id(p)]
+    return list(tied.values())
 
 
 def _seeded_background(model: nn.Module) -> bool:
