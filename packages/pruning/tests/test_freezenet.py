@@ -202,6 +202,37 @@ def test_compact_checkpoint_round_trip_is_bit_exact(
     assert torch.equal(model(x), rebuilt(x))
 
 
+class _Scaled(nn.Module):
+    """Parameters of its own (no ``reset_parameters``): ``scale``, and ``offset``, which the user froze."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+        self.scale = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.offset = nn.Parameter(torch.randn(1, 8, 1, 1), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc((self.conv(x) * self.scale + self.offset).mean((2, 3)))
+        return out
+
+
+@pytest.mark.parametrize("train_bias_bn", [False, True])
+def test_compact_checkpoint_stores_frozen_parameters_the_seed_cannot_regenerate(train_bias_bn: bool) -> None:
+    """``regenerate`` resets only modules with ``reset_parameters``: other frozen parameters are stored."""
+    method = FreezeNet(sparsity=0.8, train_bias_bn=train_bias_bn)
+    model, _ = _train(method, _Scaled, steps=3)
+    state = _roundtrip(method.compact_state(model))
+    assert {"scale", "offset"} & set(state["seeded"]) == set()
+    rebuilt = load_compact_state(_Scaled, state)
+    want, got = model.state_dict(), rebuilt.state_dict()
+    assert all(torch.equal(want[key], got[key]) for key in want)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {k for k, p in rebuilt.named_parameters() if p.requires_grad}
+    assert ("scale" in trainable) == train_bias_bn and "offset" not in trainable
+    x = seeded_batch(seed=5)[0]
+    assert torch.equal(model(x), rebuilt(x))
+
+
 def test_compact_checkpoint_size_shrinks_by_the_expected_factor() -> None:
     def mlp() -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(768, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),

@@ -38,7 +38,8 @@ Choices where the paper is silent (METHODS.md §11h), all config options
 * ``score="snip"``, ``scope="global"``, ``batches=1``, ``scoring_mode="train"``.
 * ``train_bias_bn=True``: biases and BN affine parameters are dense and trained (METHODS.md §11d–e). With
   ``False`` every parameter other than the masked weights (biases, BN, interspace bases) is frozen at its
-  seeded value too (``requires_grad=False``) and not stored.
+  seeded value too (``requires_grad=False``) and not stored -- except a parameter of a module without
+  ``reset_parameters``, which the seed does not regenerate: the compact state stores it.
 * ``frozen_weight_decay=False``: frozen entries stay θ₀. ``True`` is our reading of "FreezeNet-WD" (only the
   name is known): the weight decay of the optimizer group also shrinks the frozen entries,
   ``θ₀·∏_t (1 − η_t·λ)`` (``η_t`` the group's learning rate of step ``t``, ``λ`` its ``weight_decay``),
@@ -229,6 +230,17 @@ def _mask_prefix(name: str) -> str:
     return f"{name}.parametrizations.weight." if name else "parametrizations.weight."
 
 
+def _seeded_params(model: nn.Module) -> set[int]:
+    """``id``s of the frozen parameters that :func:`regenerate` re-creates from the seed: those held directly
+    by a module with ``reset_parameters`` (an interspace conv's basis included). A frozen parameter of any
+    other module keeps values the seed cannot give back, so the compact state stores it."""
+    seeded: set[int] = set()
+    for module in model.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            seeded.update(id(p) for p in module.parameters(recurse=False) if not p.requires_grad)
+    return seeded
+
+
 def compact_state(
     model: nn.Module,
     *,
@@ -239,7 +251,9 @@ def compact_state(
 
     Holds: ``seed``; per masked module its weight ``shape``, the packed mask bits (:func:`pack_mask`) and the
     trained (kept) raw values in mask order; every other state entry (biases, BN, excluded layers, buffers)
-    dense, except parameters that do not train (``requires_grad=False``), which the seed regenerates; and
+    dense, except parameters that do not train (``requires_grad=False``) and that the seed regenerates (held
+    by a module with ``reset_parameters``), listed under ``seeded``; ``frozen`` lists the stored parameters
+    that do not train (so that loading freezes them again); and
     ``frozen_scales`` (FreezeNet-WD's per-tensor decay factor of θ₀, 1.0 without it); ``interspace`` (the
     ``basis_init`` and ``train_basis`` a model in the interspace representation was converted with). Only
     tensors, ints, floats, strings, lists and dicts: it loads with ``torch.load(..., weights_only=True)``.
@@ -264,19 +278,16 @@ def compact_state(
             "frozen_scale": float(scales.get(name, 1.0)),
         }
     skip = tuple(_mask_prefix(name) for name, _ in targets)
-    seeded = {id(p) for p in model.parameters() if not p.requires_grad}
-    live = dict(model.state_dict(keep_vars=True))
-    dense = {
-        key: value.detach().cpu().clone()
-        for key, value in live.items()
-        if not key.startswith(skip) and id(value) not in seeded
-    }
+    seeded = _seeded_params(model)
+    live = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(skip)}
+    dense = {key: value.detach().cpu().clone() for key, value in live.items() if id(value) not in seeded}
     return {
         "format": COMPACT_FORMAT,
         "seed": int(next(iter(seeds))),
         "masks": masks,
         "dense": dense,
-        "seeded": sorted(k for k, v in live.items() if id(v) in seeded and not k.startswith(skip)),
+        "seeded": sorted(k for k, v in live.items() if id(v) in seeded),
+        "frozen": sorted(k for k in dense if isinstance(live[k], nn.Parameter) and not live[k].requires_grad),
         "interspace": dict(interspace) if interspace_modules(model) and interspace is not None else {},
     }
 
@@ -320,11 +331,15 @@ def load_compact_state(model: nn.Module | Callable[[], nn.Module], state: Mappin
     missing = [k for k in missing if not k.startswith(skip) and k not in set(state["seeded"])]
     if missing or unexpected:
         raise ValueError(f"compact state does not fit the model: missing {missing}, unexpected {unexpected}")
-    seeded = set(state["seeded"])
-    for key, p in net.named_parameters():
-        if key in seeded:
-            p.requires_grad_(False)
+    _stop_training(net, {*state["seeded"], *state.get("frozen", ())})
     return net
+
+
+def _stop_training(model: nn.Module, keys: set[str]) -> None:
+    """``requires_grad=False`` on the parameters of ``model`` named in ``keys``."""
+    for key, p in model.named_parameters():
+        if key in keys:
+            p.requires_grad_(False)
 
 
 def _scaled(theta0: Tensor, scale: float) -> Tensor:
