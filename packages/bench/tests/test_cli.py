@@ -173,3 +173,34 @@ def test_data_on_device_flag_reaches_the_run(registries: Any, tmp_path: Path) ->
     assert main(["run", "--store", str(tmp_path), *TINY_FLAGS, "--data-on-device"]) == 0
     record = ResultStore(tmp_path / "results.sqlite").records()[0]
     assert record.status == "done" and record.config["data_on_device"] is True
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", None])
+def test_lr_flag_with_a_non_mapping_optimizer_exits_2(
+    registries: Any, tmp_path: Path, capsys: Any, optimizer: Any
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"optimizer": optimizer}))
+    assert main(["run", str(config), "--lr", "0.01", "--store", str(tmp_path), *TINY_FLAGS]) == 2
+    assert "optimizer: must be a mapping" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [":", ""])
+def test_run_with_an_empty_method_name_exits_2(
+    registries: Any, tmp_path: Path, capsys: Any, method: str
+) -> None:
+    assert main(["run", "--method", method, "--store", str(tmp_path), *TINY_FLAGS]) == 2
+    assert "method name is empty" in capsys.readouterr().err
+
+
+def test_sweep_summary_counts_a_repeated_run_once(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    sweep = {
+        "base": {"model": "tiny_resnet", "dataset": "synthetic", "epochs": 1, "batch_size": 32},
+        "grid": {"seed": [0, 0], "max_steps_per_epoch": [2], "progress": [False], "measure_latency": [False]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--store", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| tiny_resnet | synthetic | baseline | 1 |" in captured.out
+    assert "1 run(s) trained, 0 reused" in captured.err

@@ -75,6 +75,50 @@ def test_sweep_rejects_unknown_keys() -> None:
         list(expand_sweep({"grid": {"seed": 3}}))
 
 
+def test_sweep_methods_given_as_a_string_is_refused_not_split_into_letters() -> None:
+    with pytest.raises(ConfigError, match=r"grid\.methods: grid values must be lists, e\.g\. \['swd'\]"):
+        list(expand_sweep({"grid": {"methods": "swd"}}))
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"base": [1, 2]}, "base: must be a mapping"),
+        ({"base": 3}, "base: must be a mapping"),
+        ({"grid": [1, 2]}, "grid: must be a mapping"),
+        (
+            {"grid": {"methods": [{"name": "swd", "config": [1]}]}},
+            r"grid\.methods\[0\]\.config: must be a mapping",
+        ),
+        (
+            {"grid": {"methods": [{"name": "swd", "grid": {"p": 0.1}}]}},
+            r"grid\.methods\[0\]\.grid\.p: grid values",
+        ),
+        (
+            {"grid": {"methods": ["baseline", {"name": "swd", "grid": [0.1]}]}},
+            r"grid\.methods\[1\]\.grid: must be",
+        ),
+        ({"grid": {"methods": [{"name": 3}]}}, r"grid\.methods\[0\]\.name"),
+    ],
+)
+def test_badly_shaped_sweeps_name_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        list(expand_sweep(data))
+
+
+@pytest.mark.parametrize("text", [":", "", " : p=1"])
+def test_method_ref_with_an_empty_name_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="method name is empty"):
+        parse_method_ref(text)
+
+
+def test_sweep_leaves_out_repeated_runs() -> None:
+    configs = list(expand_sweep({"grid": {"seed": [0, 1, 0], "methods": ["baseline", "none", []]}}))
+    assert [c.seed for c in configs] == [0, 1]
+    configs = list(expand_sweep({"grid": {"num_workers": [0, 1]}}))  # not part of the key
+    assert len(configs) == 1
+
+
 def test_store_records_lifecycle(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = ResultStore(tmp_path / "sub" / "results.sqlite")
     store.start("k1", {"seed": 0})

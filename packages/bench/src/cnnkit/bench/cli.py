@@ -150,8 +150,23 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.method:
         fields["methods"] = list(args.method)
     if args.lr is not None:
-        fields["optimizer"] = {**fields.get("optimizer", {}), "lr": args.lr}
+        fields["optimizer"] = _with_lr(fields.get("optimizer", {}), args.lr)
     return fields
+
+
+def _with_lr(optimizer: Any, lr: float) -> dict[str, Any]:
+    """The config file's ``optimizer`` mapping with ``--lr`` put in."""
+    if not isinstance(optimizer, dict):
+        raise ConfigError(
+            "run config",
+            [
+                (
+                    "optimizer",
+                    f"must be a mapping such as {{name: sgd, lr: 0.1}} to use with --lr; got {optimizer!r}",
+                )
+            ],
+        )
+    return {**optimizer, "lr": lr}
 
 
 def _finish(store: Any, counts: tuple[int, ...], keys: list[str], *, single: bool = False) -> int:
@@ -161,7 +176,7 @@ def _finish(store: Any, counts: tuple[int, ...], keys: list[str], *, single: boo
     ran, reused, failed, not_applicable = counts
     if not distributed.is_main():
         return EXIT_FAILED if failed or (single and not_applicable) else EXIT_OK
-    records = [r for r in (store.get(k) for k in keys) if r is not None]
+    records = [r for r in (store.get(k) for k in dict.fromkeys(keys)) if r is not None]  # distinct runs
     print(render(aggregate(records), "md"))
     print(
         f"\n{ran} run(s) trained, {reused} reused from {store.path}, {failed} failed, "

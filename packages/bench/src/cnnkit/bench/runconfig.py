@@ -137,6 +137,11 @@ class RunConfig(_Frozen):
 def parse_method_ref(text: str) -> MethodRef:
     """Parse ``"swd:p=0.1,variant=1d"`` (values parsed as JSON when possible, else kept as strings)."""
     name, _, args = text.partition(":")
+    if not name.strip():
+        raise ConfigError(
+            "--method",
+            [(repr(text), "the method name is empty; expected NAME[:key=value,...], e.g. swd:p=0.1")],
+        )
     config: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in _split_top_level(args))):
         key, sep, raw = item.partition("=")

@@ -47,58 +47,89 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _method_stacks(entry: Any) -> list[tuple[MethodRef, ...]]:
+def _method_stacks(entry: Any, where: str) -> list[tuple[MethodRef, ...]]:
     if entry in (None, "baseline", "none", []):
         return [()]
     if isinstance(entry, list):
-        options = [_method_stacks(item) for item in entry]
+        options = [_method_stacks(item, f"{where}[{i}]") for i, item in enumerate(entry)]
         return [tuple(ref for part in combo for ref in part) for combo in itertools.product(*options)]
     if isinstance(entry, str):
         return [(parse_method_ref(entry),)]
     if isinstance(entry, dict):
-        unknown = set(entry) - {"name", "config", "grid"}
-        if unknown or "name" not in entry:
+        return _method_grid(entry, where)
+    raise ConfigError("sweep", [(where, f"cannot read method entry {entry!r}")])
+
+
+def _method_grid(entry: dict[str, Any], where: str) -> list[tuple[MethodRef, ...]]:
+    """``{name, config, grid}``: one method, one run per combination of its ``grid`` lists."""
+    unknown = set(entry) - {"name", "config", "grid"}
+    if unknown or "name" not in entry:
+        raise ConfigError(
+            "sweep",
+            [(where, f"a method entry needs 'name' and may have 'config', 'grid'; got keys {sorted(entry)}")],
+        )
+    fixed = _mapping(entry.get("config"), f"{where}.config")
+    grid = _grid(entry.get("grid"), f"{where}.grid")
+    keys = sorted(grid)
+    return [
+        (_method_ref(entry["name"], {**fixed, **dict(zip(keys, values, strict=True))}, where),)
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
+def _method_ref(name: Any, config: dict[str, Any], where: str) -> MethodRef:
+    try:
+        return MethodRef(name=name, config=config)
+    except ValidationError as exc:
+        raise ConfigError("sweep", _problems(exc, prefix=f"{where}.")) from None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """``value`` as a dict (``None`` is empty); anything else is a :class:`ConfigError` naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("sweep", [(where, f"must be a mapping of field: value (got {value!r})")])
+    return dict(value)
+
+
+def _grid(value: Any, where: str) -> dict[str, list[Any]]:
+    """A grid: a mapping whose values are lists of the values to try."""
+    grid = _mapping(value, where)
+    for key, values in grid.items():
+        if not isinstance(values, list):
             raise ConfigError(
                 "sweep",
-                [
-                    (
-                        "methods",
-                        f"a method entry needs 'name' and may have 'config', 'grid'; "
-                        f"got keys {sorted(entry)}",
-                    )
-                ],
+                [(f"{where}.{key}", f"grid values must be lists, e.g. [{values!r}] (got {values!r})")],
             )
-        grid: dict[str, list[Any]] = entry.get("grid", {})
-        keys = sorted(grid)
-        fixed = entry.get("config", {})
-        return [
-            (MethodRef(name=entry["name"], config={**fixed, **dict(zip(keys, values, strict=True))}),)
-            for values in itertools.product(*(grid[k] for k in keys))
-        ]
-    raise ConfigError("sweep", [("methods", f"cannot read method entry {entry!r}")])
+    return grid
 
 
 def expand_sweep(data: dict[str, Any]) -> Iterator[RunConfig]:
-    """All run configs of a sweep file's ``base`` × ``grid``."""
+    """All distinct run configs of a sweep file's ``base`` × ``grid`` (a run whose key repeats an earlier
+    one is left out: it would train and count the same run twice)."""
     unknown = set(data) - {"base", "grid"}
     if unknown:
         raise ConfigError(
             "sweep", [(k, "unknown top-level key; allowed: base, grid") for k in sorted(unknown)]
         )
-    base = dict(data.get("base") or {})
-    grid = dict(data.get("grid") or {})
+    base = _mapping(data.get("base"), "base")
+    grid = _grid(data.get("grid"), "grid")
     method_entries = grid.pop("methods", None)
-    stacks = [s for entry in method_entries for s in _method_stacks(entry)] if method_entries else [None]
+    stacks: list[tuple[MethodRef, ...] | None] = [
+        s for i, e in enumerate(method_entries or []) for s in _method_stacks(e, f"grid.methods[{i}]")
+    ]
     keys = sorted(grid)
-    for key in keys:
-        if not isinstance(grid[key], list):
-            raise ConfigError("sweep", [(f"grid.{key}", "grid values must be lists")])
+    seen: set[str] = set()
     for values in itertools.product(*(grid[k] for k in keys)):
-        for stack in stacks:
+        for stack in stacks or [None]:
             fields = {**base, **dict(zip(keys, values, strict=True))}
             if stack is not None:
                 fields["methods"] = [m.model_dump() for m in stack]
-            yield make_run_config(fields)
+            cfg = make_run_config(fields)
+            if cfg.key() not in seen:
+                seen.add(cfg.key())
+                yield cfg
 
 
 def make_run_config(fields: dict[str, Any]) -> RunConfig:
@@ -111,8 +142,12 @@ def make_run_config(fields: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**fields)
     except ValidationError as exc:
-        problems = [
-            (".".join(str(p) for p in err["loc"]), f"{err['msg']} (got {err.get('input')!r})")
-            for err in exc.errors()
-        ]
-        raise ConfigError("run config", problems) from None
+        raise ConfigError("run config", _problems(exc)) from None
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """``(field, message)`` pairs of a pydantic error, fields prefixed with ``prefix``."""
+    return [
+        (prefix + ".".join(str(p) for p in err["loc"]), f"{err['msg']} (got {err.get('input')!r})")
+        for err in exc.errors()
+    ]
