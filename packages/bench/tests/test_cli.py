@@ -204,3 +204,38 @@ def test_sweep_summary_counts_a_repeated_run_once(registries: Any, tmp_path: Pat
     captured = capsys.readouterr()
     assert "| tiny_resnet | synthetic | baseline | 1 |" in captured.out
     assert "1 run(s) trained, 0 reused" in captured.err
+
+
+def test_interrupted_run_is_resumed_from_its_checkpoint_even_with_skip_failed(
+    registries: Any, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnkit.bench.trainer import Trainer
+
+    sweep = {"base": {"model": "tiny_resnet", "dataset": "synthetic", "epochs": 2, "batch_size": 32}}
+    sweep["base"].update({"max_steps_per_epoch": 2, "progress": False, "measure_latency": False})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    save = Trainer._save
+
+    def save_then_ctrl_c(self: Trainer) -> None:
+        save(self)
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "_save", save_then_ctrl_c)
+    assert main(["sweep", str(path), "--store", str(tmp_path)]) == 130
+    [record] = ResultStore(tmp_path / "results.sqlite").records()
+    assert record.status == "running"
+    assert (tmp_path / "runs" / record.key / "checkpoint.pt").is_file()
+    epochs_saved: list[int] = []
+
+    def save_and_count(self: Trainer) -> None:
+        epochs_saved.append(self.state.epoch)
+        save(self)
+
+    monkeypatch.setattr(Trainer, "_save", save_and_count)
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--store", str(tmp_path), "--skip-failed"]) == 0
+    assert "1 run(s) trained, 0 reused" in capsys.readouterr().err
+    assert epochs_saved == [2]  # resumed after epoch 1, not trained from scratch
+    [record] = ResultStore(tmp_path / "results.sqlite").records()
+    assert record.status == "done" and record.metrics["steps"] == 4

@@ -19,7 +19,8 @@ Ray (``cnnkit sweep CONFIG --executor ray [--address ADDR]``, extra ``cnnkit-ben
   restart from scratch on whichever node gets them (results are the same, only time is lost).
 * A task that raises, or whose worker dies (out of memory, node lost), is recorded as ``failed`` with the
   error; the other tasks go on. ``max_retries=0``: rerunning failed runs is the next sweep's decision
-  (``--skip-failed`` keeps them). Ctrl-C cancels the queued tasks and records them as ``interrupted``.
+  (``--skip-failed`` keeps them). Ctrl-C cancels the queued tasks and leaves them ``running``: unfinished,
+  so the next sweep resumes them (as after a kill), with or without ``--skip-failed``.
 * Every worker needs the same Python environment (cnnkit and its plugins installed); Ray sets
   ``CUDA_VISIBLE_DEVICES`` for GPU tasks and ``OMP_NUM_THREADS`` from ``num_cpus``.
 """
@@ -96,12 +97,12 @@ def record(store: Any, key: str, outcome: Outcome, *, verbose: bool = True) -> N
 
 
 def run_local(cfg: RunConfig, key: str, store: Any, runs_dir: Path, *, verbose: bool = True) -> Status:
-    """One run in this process (under torchrun: in every rank; the store is rank 0's)."""
-    try:
-        outcome = run_one(cfg, runs_dir / key)
-    except KeyboardInterrupt:
-        store.fail(key, "interrupted")
-        raise
+    """One run in this process (under torchrun: in every rank; the store is rank 0's).
+
+    Ctrl-C (``KeyboardInterrupt``) propagates and leaves the run ``running`` with its last checkpoint: it is
+    unfinished, not failed, so the next ``run``/``sweep`` resumes it (as after a kill).
+    """
+    outcome = run_one(cfg, runs_dir / key)
     record(store, key, outcome, verbose=verbose)
     return outcome.status
 
@@ -179,10 +180,9 @@ def run_ray(
                 outcome = _result(ray, ref)
                 record(store, cfg.key(), outcome)
                 counts[outcome.status] += 1
-    except KeyboardInterrupt:
-        for ref, cfg in pending.items():
+    except KeyboardInterrupt:  # cancelled runs stay ``running``: the next sweep resumes them
+        for ref in pending:
             ray.cancel(ref, force=True)
-            store.fail(cfg.key(), "interrupted")
         raise
     finally:
         if started_here:
