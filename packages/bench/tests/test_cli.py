@@ -239,3 +239,24 @@ def test_interrupted_run_is_resumed_from_its_checkpoint_even_with_skip_failed(
     assert epochs_saved == [2]  # resumed after epoch 1, not trained from scratch
     [record] = ResultStore(tmp_path / "results.sqlite").records()
     assert record.status == "done" and record.metrics["steps"] == 4
+
+
+def test_store_or_report_folder_that_cannot_be_used_exits_2_naming_the_path(
+    registries: Any, tmp_path: Path, capsys: Any
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "results.sqlite").write_text("not a database")
+    (tmp_path / "dir" / "results.sqlite").mkdir(parents=True)
+    for store, named in [
+        (a_file, a_file),
+        (a_file / "sub", a_file),
+        (tmp_path / "garbage", tmp_path / "garbage" / "results.sqlite"),
+        (tmp_path / "dir", tmp_path / "dir" / "results.sqlite"),
+    ]:
+        assert main(["report", "--store", str(store)]) == 2
+        assert f"{named}: " in capsys.readouterr().err
+    for out in (a_file, a_file / "sub"):
+        assert main(["report", "--store", str(tmp_path / "ok"), "--out", str(out)]) == 2
+        assert "--out: " in capsys.readouterr().err

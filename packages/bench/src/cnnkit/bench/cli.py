@@ -232,8 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _write_report(store: Any, keys: list[str], out_dir: Path) -> None:
     from cnnkit.bench.report import write_report
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("report", [("--out", f"{out_dir} is a file, not a folder")])
     records = [r for r in (store.get(k) for k in keys) if r is not None]
-    written = write_report(records, out_dir)
+    try:
+        written = write_report(records, out_dir)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ConfigError("report", [("--out", f"cannot create the folder {out_dir}: {exc}")]) from None
     print(f"report: {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 

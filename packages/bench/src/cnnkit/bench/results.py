@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["NullStore", "ResultStore", "RunRecord"]
+from cnnkit.core.config import ConfigError
+
+__all__ = ["NullStore", "ResultStore", "RunRecord", "StoreError"]
 
 Status = Literal["running", "done", "failed", "skipped"]
 
@@ -39,6 +41,13 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL
 )
 """
+
+
+class StoreError(ConfigError):
+    """The results store cannot be opened; the message names the path and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__("results store", [(str(path), reason)])
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,19 @@ class ResultStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            in_the_way = next(p for p in (self.path.parent, *self.path.parent.parents) if p.exists())
+            raise StoreError(in_the_way, "is a file, not a folder; give the store a folder") from None
+        try:
+            with self._connect() as db:
+                db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                self.path,
+                f"cannot be opened as a results database ({exc}); move it away or use another store",
+            ) from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
