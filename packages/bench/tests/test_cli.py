@@ -75,14 +75,14 @@ def test_sweep_continues_after_a_failed_run_and_exits_1(registries: Any, tmp_pat
             "progress": False,
             "measure_latency": False,
         },
-        "grid": {"seed": [0, 1], "methods": ["baseline", "no_such_method"]},
+        "grid": {"seed": [0, 1], "model_args": [{}, {"no_such_arg": 1}]},  # the latter fails when built
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     assert main(["sweep", str(path), "--store", str(tmp_path)]) == 1
     store = ResultStore(tmp_path / "results.sqlite")
     assert len(store.records("done")) == 2 and len(store.records("failed")) == 2
-    assert "unknown method 'no_such_method'" in store.records("failed")[0].error
+    assert "no_such_arg" in store.records("failed")[0].error
     capsys.readouterr()
     assert main(["sweep", str(path), "--store", str(tmp_path), "--skip-failed"]) == 0
     assert "0 run(s) trained, 4 reused" in capsys.readouterr().err
@@ -260,3 +260,33 @@ def test_store_or_report_folder_that_cannot_be_used_exits_2_naming_the_path(
     for out in (a_file, a_file / "sub"):
         assert main(["report", "--store", str(tmp_path / "ok"), "--out", str(out)]) == 2
         assert "--out: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+        (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+        (["--method", "nosuch"], "unknown method 'nosuch'"),
+        (["--method", "swd:p=abc"], "p: "),
+        (["--method", "swd:bogus=1"], "bogus: unknown field"),
+    ],
+)
+def test_unknown_names_and_bad_method_configs_exit_2_and_store_nothing(
+    registries: Any, tmp_path: Path, capsys: Any, flags: list[str], message: str
+) -> None:
+    assert main(["run", "--store", str(tmp_path), *TINY_FLAGS, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert ResultStore(tmp_path / "results.sqlite").records() == []
+
+
+def test_sweep_checks_every_run_before_training_any(registries: Any, tmp_path: Path, capsys: Any) -> None:
+    sweep = {
+        "base": {"model": "tiny_resnet", "dataset": "synthetic", "epochs": 1, "max_steps_per_epoch": 2},
+        "grid": {"methods": ["baseline", "swd:p=abc"]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--store", str(tmp_path)]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+    assert ResultStore(tmp_path / "results.sqlite").records() == []  # the baseline did not train either

@@ -16,7 +16,6 @@ from cnnkit.bench.results import ResultStore
 SWEEP: dict[str, Any] = {
     "base": {
         "model": "lenet5_caffe",
-        "model_args": {"input_size": 16},
         "dataset": "synthetic",
         "dataset_args": {"shape": [1, 16, 16], "size": 64},
         "epochs": 1,
@@ -26,7 +25,8 @@ SWEEP: dict[str, Any] = {
         "progress": False,
         "measure_latency": False,
     },
-    "grid": {"seed": [0, 1], "methods": ["baseline", "no_such_method"]},  # the latter fails in its task
+    # the latter fails in its task (the model factory refuses it)
+    "grid": {"seed": [0, 1], "model_args": [{"input_size": 16}, {"input_size": 16, "no_such_arg": 1}]},
 }
 
 
@@ -58,8 +58,10 @@ def test_ray_sweep_records_every_run_and_resumes(tmp_path: Path, capsys: pytest.
     assert len(records) == 4
     done = [r for r in records if r.status == "done"]
     failed = [r for r in records if r.status == "failed"]
-    assert sorted(r.config["seed"] for r in done) == [0, 1] and all(not r.config["methods"] for r in done)
-    assert len(failed) == 2 and all("no_such_method" in r.error for r in failed)
+    assert sorted(r.config["seed"] for r in done) == [0, 1] and all(
+        r.config["model_args"] == {"input_size": 16} for r in done
+    )
+    assert len(failed) == 2 and all("no_such_arg" in r.error for r in failed)
     assert all(r.metrics["steps"] == 2 and 0.0 <= r.metrics["test_top1"] <= 100.0 for r in done)
     assert all(r.environment.get("executor") == "ray" for r in done + failed)  # written from the workers
     assert all((store_dir / "runs" / r.key / "checkpoint.pt").exists() for r in done)

@@ -188,9 +188,10 @@ def _finish(store: Any, counts: tuple[int, ...], keys: list[str], *, single: boo
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cnnkit.bench import distributed
-    from cnnkit.bench.sweep import make_run_config
+    from cnnkit.bench.sweep import check_runs, make_run_config
 
     cfg = make_run_config(_run_fields(args))
+    check_runs([cfg])
     distributed.init_from_env(cfg.device)
     store = _store(args)
     return _finish(store, execute([cfg], store, Path(args.store) / "runs"), [cfg.key()], single=True)
@@ -198,9 +199,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from cnnkit.bench import distributed
-    from cnnkit.bench.sweep import expand_sweep, load_config_file
+    from cnnkit.bench.sweep import check_runs, expand_sweep, load_config_file
 
     configs = list(expand_sweep(load_config_file(args.config)))
+    check_runs(configs)
     runs_dir = Path(args.store).resolve() / "runs"
     if args.executor == "ray":
         if distributed.launched_by_torchrun():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from cnnkit.bench.runconfig import MethodRef, RunConfig, parse_method_ref
 from cnnkit.core.config import ConfigError
 
-__all__ = ["expand_sweep", "load_config_file"]
+__all__ = ["check_runs", "expand_sweep", "load_config_file", "make_run_config"]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -151,3 +151,21 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
         (prefix + ".".join(str(p) for p in err["loc"]), f"{err['msg']} (got {err.get('input')!r})")
         for err in exc.errors()
     ]
+
+
+def check_runs(configs: Iterable[RunConfig]) -> None:
+    """Check every run's model, dataset and method names and method configs before any run trains.
+
+    Raises:
+        UnknownNameError: a name is not installed (with close matches).
+        ConfigError: a method's config value is invalid, naming the field and what it allows.
+    """
+    from cnnkit.core.method import create_method
+    from cnnkit.core.plugins import get_registries
+
+    registries = get_registries()
+    for cfg in configs:
+        registries.models.get(cfg.model)
+        registries.datasets.get(cfg.dataset)
+        for ref in cfg.methods:
+            create_method(ref.name, **ref.config)
