@@ -296,3 +296,9 @@ def test_checkpoint_phase_defaults_to_zero_and_a_stack_changes_when_any_member_d
     b.rounds = 1
     seen.append(stack.checkpoint_phase())
     assert seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", [dict, None, 3, nn.Linear])
+def test_create_method_refuses_what_is_neither_a_name_nor_a_method_class(name: Any) -> None:
+    with pytest.raises(TypeError, match=r"registry name \(str\) or a cnnkit\.core\.Method subclass, got"):
+        create_method(name)

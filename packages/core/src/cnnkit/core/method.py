@@ -288,6 +288,7 @@ def create_method(name: str | type[Method], /, **config: Any) -> Method:
     Raises:
         UnknownNameError: no method of that name is installed (with close matches).
         ConfigError: a config value is invalid; the message names the field and the allowed range.
+        TypeError: ``name`` is neither a string nor a :class:`Method` subclass.
     """
     if isinstance(name, str):
         from cnnkit.core.plugins import get_registries
@@ -300,8 +301,12 @@ def create_method(name: str | type[Method], /, **config: Any) -> Method:
             raise TypeError(f"method {name!r}: target class declares name {cls.name!r}; they must agree")
         if cls.kind and cls.kind != spec.kind:
             raise TypeError(f"method {name!r}: spec kind {spec.kind!r} but class kind {cls.kind!r}")
-    else:
+    elif isinstance(name, type) and issubclass(name, Method):
         cls = name
+    else:
+        raise TypeError(
+            f"create_method takes a registry name (str) or a cnnkit.core.Method subclass, got {name!r}"
+        )
     return cls(**config)
 
 
