@@ -132,3 +132,12 @@ def test_store_records_lifecycle(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert [r.key for r in reopened.records("failed")] == ["k2"]
     with pytest.raises(KeyError, match="never started"):
         reopened.finish("k3", {})
+
+
+def test_checkpoint_dir_is_refused_rather_than_ignored() -> None:
+    with pytest.raises(
+        ConfigError, match=r"checkpoint_dir: .*not supported: checkpoints are written to STORE/runs"
+    ):
+        make_run_config({"checkpoint_dir": "/tmp/elsewhere"})
+    stored = RunConfig().model_dump(mode="json")  # configs stored with checkpoint_dir: null still load
+    assert stored["checkpoint_dir"] is None and RunConfig.model_validate(stored).key() == RunConfig().key()

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cnnkit.core.config import ConfigError
 
@@ -93,6 +93,8 @@ class RunConfig(_Frozen):
             decoding and augmenting each image in loader workers every epoch (:mod:`cnnkit.bench.data.
             on_device`) [opt-in: the split must fit in device memory, and the augmentation draws differ
             from torchvision's per-sample ones].
+        checkpoint_dir: refused unless ``None``: checkpoints always go to ``STORE/runs/<key>/``, where resume
+            finds them.
     """
 
     model: str = "lenet5_caffe"
@@ -119,7 +121,16 @@ class RunConfig(_Frozen):
     download: bool = False
     num_workers: int = Field(0, ge=0, le=64)
     progress: bool = True
-    checkpoint_dir: str | None = None
+    checkpoint_dir: None = None  # kept (always None) so stored configs still validate; see the validator
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _checkpoint_dir_is_not_supported(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "not supported: checkpoints are written to STORE/runs/<key>/; choose STORE with --store"
+            )
+        return None
 
     def key(self) -> str:
         """SHA-256 of the fields that define the result (hex, 16 chars)."""
