@@ -223,3 +223,16 @@ def test_train_mode_restored_after_error() -> None:
         count_flops(model, torch.randn(1, 2))
     assert all(m.training for m in model.modules())
     report_macs(3.0)  # the collector was popped: still a no-op
+
+
+def test_attention_is_counted_although_eval_mode_would_take_the_fused_path() -> None:
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 8)  # L = 4 tokens, E = 8, 2 heads
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    # closed form: q/k/v projections 3·L·E·E + scores and weighted sum 2·L·L·E + output projection L·E·E
+    assert count_flops(mha, (q, q, q)).macs == 3 * 4 * 8 * 8 + 2 * 4 * 4 * 8 + 4 * 8 * 8
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    # at least the q/k/v/output projections and the two feed-forward linears (torch's counter does not see
+    # the CPU scaled-dot-product kernel the layer uses for the 2·L·L·E score MACs)
+    assert count_flops(layer, q).macs >= 4 * 4 * 8 * 8 + 2 * 4 * 8 * 16
+    assert torch.backends.mha.get_fastpath_enabled()  # the global switch is restored

@@ -195,6 +195,18 @@ def _collect_reports() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """Attention's fused eval/no-grad kernels (``_native_multi_head_attention``, the fused encoder layer) are
+    invisible to ``FlopCounterMode``; the unfused path computes the same with countable matmuls."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+@contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -251,7 +263,8 @@ def count_flops(model: nn.Module, example_input: Tensor | Sequence[Tensor]) -> F
 
     The pass runs in eval mode under ``torch.no_grad()``; the train/eval flags of all modules are restored
     afterwards. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts only conv and
-    matmul-type ops (not BN, ReLU, pooling or additions, METHODS.md §1.1); ``macs = flops // 2``.
+    matmul-type ops (not BN, ReLU, pooling or additions, METHODS.md §1.1); ``macs = flops // 2``. Attention's
+    fused fast path, which that counter cannot see, is switched off during the pass.
 
     ``by_module`` attributes MACs to weighted leaf modules (those with a ``weight`` and no children, e.g.
     conv and linear) via forward hooks; a weight used outside its module's ``forward`` (functional calls)
@@ -263,7 +276,7 @@ def count_flops(model: nn.Module, example_input: Tensor | Sequence[Tensor]) -> F
     inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
     leaves = _weighted_leaves(model)
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), _collect_reports() as reported:
+    with _eval_mode(model), torch.no_grad(), _mha_fastpath_off(), _collect_reports() as reported:
         with _per_module_flops(counter, leaves) as leaf_flops, counter:
             model(*inputs)
         fractions = {name: _nonzero_fraction(module) for name, module in leaves if name in leaf_flops}
