@@ -268,25 +268,24 @@ def test_store_or_report_folder_that_cannot_be_used_exits_2_naming_the_path(
         (["--model", "nosuch"], "unknown model 'nosuch'"),
         (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
         (["--method", "nosuch"], "unknown method 'nosuch'"),
-        (["--method", "swd:p=abc"], "p: "),
-        (["--method", "swd:bogus=1"], "bogus: unknown field"),
+        (["--method", "needs_demo_config:width=abc"], "width: "),
+        (["--method", "needs_demo_config:bogus=1"], "bogus: unknown field"),
     ],
 )
 def test_unknown_names_and_bad_method_configs_exit_2_and_store_nothing(
     registries: Any, tmp_path: Path, capsys: Any, flags: list[str], message: str
 ) -> None:
-    if any(flag.startswith("swd:") for flag in flags):
-        pytest.importorskip("cnnkit.regularizers")  # the bench-only tox env has no method packages
+    registries.register_plugin(_DemoPlugin())  # a test-only method: its config is what fails the check
     assert main(["run", "--store", str(tmp_path), *TINY_FLAGS, *flags]) == 2
     assert message in capsys.readouterr().err
     assert ResultStore(tmp_path / "results.sqlite").records() == []
 
 
 def test_sweep_checks_every_run_before_training_any(registries: Any, tmp_path: Path, capsys: Any) -> None:
-    pytest.importorskip("cnnkit.regularizers")  # swd's config is what fails the check
+    registries.register_plugin(_DemoPlugin())  # a test-only method: its config is what fails the check
     sweep = {
         "base": {"model": "tiny_resnet", "dataset": "synthetic", "epochs": 1, "max_steps_per_epoch": 2},
-        "grid": {"methods": ["baseline", "swd:p=abc"]},
+        "grid": {"methods": ["baseline", "needs_demo_config:width=abc"]},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
