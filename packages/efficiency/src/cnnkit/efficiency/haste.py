@@ -464,10 +464,12 @@ class HASTEConv2d(nn.Conv2d):
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or x.dim() != 4 or x.shape[0] == 0:
-            if not self.training and x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d takes it
-                return self._haste_forward(x.unsqueeze(0)).squeeze(0)
-            return super().forward(x)  # training; an empty batch (nothing to hash); nn.Conv2d's shape errors
+        if self.training:
+            return super().forward(x)
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4 or x.shape[0] == 0:  # nn.Conv2d's shape errors; an empty batch has nothing to hash
+            return super().forward(x)
         return self._haste_forward(x)
 
     def _geometry(self, h: int, w: int) -> TileGeometry:
