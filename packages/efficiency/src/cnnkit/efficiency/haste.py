@@ -49,10 +49,11 @@ below (L per conv for a predicted 14.5 %, from ``layer4.0.conv2``; 14.5 % cut at
 images of this weaker model) ran 33.9 ms with the kernel and 34.7 ms with the PyTorch ops against
 35.5 / 36.2 ms dense, one run each (1.05x and 1.05x; tuned against tuned 1.20x and 1.03x), one thread, batch
 1; a second run with the kernel: 30.1 against 33.7 ms (1.12x; tuned against tuned 1.13x), so the spread
-between runs is as large as the kernel's gain. The five replaced convs take about 8 ms of the dense model's
-34 (their ceiling, reduced convs at dense efficiency with hashing and merging free, is 1.40x); with hot
-weights each HASTE layer takes 0.4-0.9 ms against 1.2-1.3 ms dense (hashing 40 µs, the merge 0.2 ms, the
-reduced GEMM 0.06-0.25 ms; cold weights double the merge). Starting per image in stage 3 instead (L per conv
+between runs is as large as the kernel's gain. The five replaced convs are a small share of the dense
+model's 34 ms: 6.3 ms timed layer by layer with hot weights, more in the model where their weights are cold
+(the ceiling, reduced convs at dense efficiency with hashing and merging free, is 1.40x); with hot weights
+each HASTE layer takes 0.4-0.9 ms against 1.2-1.3 ms dense (hashing 40 µs, the merge 0.2 ms, the reduced
+GEMM 0.06-0.25 ms; cold weights double the merge). Starting per image in stage 3 instead (L per conv
 for more of the FLOPs) costs accuracy fast on that model: 20.2 % cut at −1.9 pp, 25.7 % at −6.8 (1,000 test
 images; sensitivities on 500 validation images): per-image codes of 8x8 maps merge unlike channels.
 
